@@ -14,6 +14,12 @@ from typing import List, Optional
 
 SUBCOMMANDS: List[str] = [
     "robustsim.commands",
+    "robustsim.data.cli",
+    "robustsim.evaluate.cli",
+    "robustsim.lipschitz.cli",
+    "robustsim.train.cli",
+    "robustsim.retrieval.cli",
+    "robustsim.attacks.cli",
 ]
 
 

@@ -26,6 +26,10 @@ from .errors import InputError, WeightsError
 PathLike = Union[str, os.PathLike]
 
 FAMILIES: List[str] = [
+    "robustsim.metrics.effnet",
+    "robustsim.metrics.lipsim",
+    "robustsim.metrics.lpips",
+    "robustsim.metrics.dreamsim",
 ]
 
 DEFAULT_MODEL = "effnet-lite0-cosine"
@@ -306,9 +310,12 @@ def read_saved_header(path: PathLike) -> Dict[str, Any]:
         raise WeightsError(f"{path} is not a valid safetensors file: {e}") from e
     if "robustsim" not in meta:
         raise WeightsError(f"{path} was not saved by robustsim (no 'robustsim' metadata); use weights=PATH with a model name")
-    header = json.loads(meta["robustsim"])
-    if header.get("format") != SAVE_FORMAT:
-        raise WeightsError(f"{path}: unsupported robustsim format {header.get('format')!r}")
+    try:
+        header = json.loads(meta["robustsim"])
+    except ValueError as e:
+        raise WeightsError(f"{path}: malformed robustsim header ({e})") from e
+    if not isinstance(header, dict) or header.get("format") != SAVE_FORMAT:
+        raise WeightsError(f"{path}: unsupported robustsim format {header.get('format') if isinstance(header, dict) else header!r}")
     return header
 
 
@@ -318,11 +325,24 @@ def load_saved(path: PathLike, **overrides: Any):
     if not path.is_file():
         raise InputError(f"no such file: {path}")
     header = read_saved_header(path)
-    ref = header["class"]
-    if not ref.startswith("robustsim."):
+    ref = header.get("class")
+    if not isinstance(ref, str) or not ref.startswith("robustsim."):
         raise WeightsError(f"{path} names class {ref!r} outside robustsim; refusing to import it")
-    cls = _import_ref(ref)
-    metric = cls(**{**header["config"], **overrides})
+    try:
+        cls = _import_ref(ref)
+    except (ImportError, AttributeError) as e:
+        raise WeightsError(f"{path} names class {ref!r}, which this robustsim does not have ({e})") from e
+    from .metrics.base import Metric
+
+    if not (isinstance(cls, type) and issubclass(cls, Metric)):
+        raise WeightsError(f"{path} names {ref!r}, which is not a robustsim Metric class; refusing to call it")
+    config = header.get("config") or {}
+    if not isinstance(config, dict):
+        raise WeightsError(f"{path}: malformed robustsim header (config is not a mapping)")
+    try:
+        metric = cls(**{**config, **overrides})
+    except TypeError as e:
+        raise WeightsError(f"{path}: its config does not fit {ref} ({e})") from e
     strict_load(metric, load_state_dict(path), str(path))
     metric.name = header.get("name") or path.stem
     return metric

@@ -30,10 +30,17 @@ def _interp_kwargs(mode: str, antialias: bool) -> dict:
 
 @lru_cache(maxsize=256)
 def resize_matrix(n_in: int, n_out: int, mode: str = "bicubic", antialias: bool = False) -> torch.Tensor:
-    """The (n_out × n_in) float64 matrix of a 1-D resize, read off by resizing the basis vectors."""
-    eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, n_in, 1)
-    cols = F.interpolate(eye, size=(n_out, 1), **_interp_kwargs(mode, antialias))
-    return cols.reshape(n_in, n_out).T.contiguous()
+    """The (n_out × n_in) float64 matrix of a 1-D resize, read off by resizing the basis vectors.
+
+    The basis vectors are laid out as 1×n_in rows (resized along W). The n_in×1 column layout is
+    not used: that tensor is also "channels-last", and torch's antialiased kernels give wrong
+    results on it (torch 2.13; tests/test_preprocess.py compares against real 2-D resizes).
+    The same torch defect makes antialiased resizes *to width 1* depend on the memory format;
+    no metric resizes to width 1, and this matrix is the well-defined (channels-last) operator.
+    """
+    eye = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, 1, n_in)
+    rows = F.interpolate(eye, size=(1, n_out), **_interp_kwargs(mode, antialias))
+    return rows.reshape(n_in, n_out).T.contiguous()
 
 
 def resize_norm(in_size: Tuple[int, int], out_size: Tuple[int, int], mode: str = "bicubic", antialias: bool = False) -> float:

@@ -1,0 +1,75 @@
+"""Evaluate a distilled LipSim student against its teacher on held-out photos (the numbers of docs/MODELS.md).
+
+    python scripts/eval_shipped.py --student lipsim-default --teacher effnet-lite0-cosine \
+        --extra work_data/photos --n 200 --n-attack 60 --steps 100 --out docs/shipped_eval.json
+
+Protocols (all on held-out photos only; images at the student's native size):
+* teacher agreement: TeacherSuite triplets (two distortions of different kinds) labelled by the teacher;
+  the student's natural 2AFC score is its agreement with the teacher's decisions;
+* ordering: OrderingSuite accuracy (weaker distortion is closer) for student and teacher;
+* attacked: APGD-CE, l2, reference perturbed, at each --eps, on the first --n-attack triplets of both
+  suites, for student and teacher;
+* certified: the student's sound certified 2AFC accuracy at 36/72/108 /255 (and the curve).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--student", default="lipsim-default")
+    ap.add_argument("--teacher", default="effnet-lite0-cosine")
+    ap.add_argument("--extra", action="append", default=[], help="extra photo folder (its held-out share is used)")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--n-attack", type=int, default=60)
+    ap.add_argument("--eps", default="0.5,1,2,3")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import robustsim
+    from robustsim.data.photos import OrderingSuite, TeacherSuite
+    from robustsim.evaluate.twoafc import AttackSpec, evaluate_2afc
+
+    student = robustsim.load(args.student)
+    teacher = robustsim.load(args.teacher)
+    size = student.input_size[0]
+    eps = [float(e) for e in args.eps.split(",")]
+    t0 = time.perf_counter()
+    suites = {
+        "teacher-labelled": TeacherSuite(teacher, n=args.n, size=size, split="heldout", seed=args.seed,
+                                         extra_dirs=args.extra),
+        "ordering": OrderingSuite(n=args.n, size=size, split="heldout", seed=args.seed, extra_dirs=args.extra),
+    }
+    attack = AttackSpec("apgd-ce", "l2", eps, "ref", args.steps)
+    out = {"student": args.student, "teacher": args.teacher, "size": size, "n": args.n, "n_attack": args.n_attack,
+           "steps": args.steps, "eps": eps, "extra": args.extra, "results": {}}
+    for sname, suite in suites.items():
+        for role, m in (("student", student), ("teacher", teacher)):
+            nat = evaluate_2afc(m, suite, batch_size=16, certified=bool(m.certified), progress=True)
+            att = evaluate_2afc(m, suite, batch_size=16, attack=attack, limit=args.n_attack, progress=True)
+            row = {"natural": nat["natural"]["overall"], "natural_on_attacked_subset": att["natural"]["overall"],
+                   "attacked": {str(k): v["overall"] for k, v in att["attacked"].items()}}
+            if m.certified:
+                row["certified"] = nat["certified"]
+            out["results"][f"{sname}/{role}"] = row
+            print(sname, role, json.dumps(row)[:400], flush=True)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    text = json.dumps(out, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

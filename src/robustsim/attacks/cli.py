@@ -1,0 +1,198 @@
+"""``robustsim attack {2afc,pair,embedding}``: attack a metric on image files, save the adversarial PNGs.
+
+Saving rounds to 8 bits, which changes the perturbation. When the clean image is itself 8-bit the
+saved perturbation is rounded toward zero pixel by pixel, so the saved image never leaves the budget;
+either way the sizes reported are those of the saved files, and the decision/distance is evaluated
+again on the files as read back.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("attack", help="attack a metric on image files (2AFC decision, a distance, an embedding)")
+    kinds = p.add_subparsers(dest="attack_kind", metavar="KIND")
+    kinds.required = True
+
+    def common(q: argparse.ArgumentParser, default_method: str, default_eps: float) -> None:
+        q.add_argument("--metric", "-m", default=None, help="metric name or saved .safetensors (default: the shipped default)")
+        q.add_argument("--device", default=None, help="torch device (default: cpu)")
+        q.add_argument("--norm", default="l2", choices=["l2", "linf"])
+        q.add_argument("--eps", type=float, default=default_eps, help="budget per perturbed image, [0, 1] pixel units")
+        q.add_argument("--method", default=default_method, help="apgd-ce | apgd | pgd")
+        q.add_argument("--steps", type=int, default=100)
+        q.add_argument("--restarts", type=int, default=1)
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--out", "-o", default=".", help="folder for the adversarial PNGs (default: .)")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+
+    q = kinds.add_parser("2afc", help="flip which of X0, X1 the metric finds closer to REF")
+    q.add_argument("ref")
+    q.add_argument("x0")
+    q.add_argument("x1")
+    q.add_argument("--target", default="ref", choices=["ref", "x0", "x1", "x0+x1"])
+    q.add_argument("--label", type=int, default=None, help="0 if X0 is the closer (default: the metric's clean decision)")
+    q.add_argument("--loss", default="ce", choices=["ce", "margin"])
+    common(q, "apgd-ce", 1.0)
+    q.set_defaults(func=cmd_2afc)
+
+    q = kinds.add_parser("pair", help="push d(A, B) up or down")
+    q.add_argument("a")
+    q.add_argument("b")
+    q.add_argument("--direction", default="up", choices=["up", "down"])
+    q.add_argument("--target", default="x", choices=["x", "y", "both"], help="perturb A (x), B (y) or both")
+    q.add_argument("--threshold", type=float, default=None, help="stop once d crosses this value")
+    common(q, "apgd", 1.0)
+    q.set_defaults(func=cmd_pair)
+
+    q = kinds.add_parser("embedding", help="LipSim's embedding attack: move X's embedding away from its own")
+    q.add_argument("x")
+    common(q, "pgd", 1.0)
+    q.set_defaults(func=cmd_embedding)
+
+
+def _load(paths: List[str], dev):
+    from ..commands import _require_files
+    from ..io import load_image
+
+    _require_files(*paths)
+    return [load_image(p).to(dev) for p in paths]
+
+
+def _metric(args):
+    from ..commands import _load_metric
+
+    return _load_metric(args)
+
+
+def _quantise(adv: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """8-bit values to save: the perturbation rounded toward zero when the clean image is 8-bit."""
+    c255 = clean * 255
+    if float((c255 - c255.round()).abs().max()) < 1e-3:
+        d = torch.trunc((adv - clean) * 255 + torch.sign(adv - clean) * 1e-4)
+        return ((c255.round() + d).clamp(0, 255)) / 255
+    return (adv * 255).round().clamp(0, 255) / 255
+
+
+def _save(adv: torch.Tensor, clean: torch.Tensor, src: str, out: Path) -> Dict:
+    from ..io import load_image, save_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{Path(src).stem}_adv.png"
+    save_image(_quantise(adv, clean).cpu(), path)
+    back = load_image(path).to(clean.device)
+    delta = (back - clean).flatten()
+    return {"file": str(path), "image": back, "l2": float(delta.norm()), "linf": float(delta.abs().max())}
+
+
+def _size(adv, clean) -> Dict[str, float]:
+    delta = (adv - clean).flatten()
+    return {"l2": float(delta.norm()), "linf": float(delta.abs().max())}
+
+
+def _emit(args, report: Dict, lines: List[str]) -> int:
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _budget_line(name, s, args):
+    inside = (s["l2"] if args.norm == "l2" else s["linf"]) <= args.eps * (1 + 1e-6)
+    return f"  {name}: saved {s['file']}  l2 {s['l2']:.4f}  linf {s['linf']:.4f} ({s['linf'] * 255:.1f}/255)" + (
+        "" if inside else "  (outside the budget after rounding)")
+
+
+def cmd_2afc(args: argparse.Namespace) -> int:
+    from . import run_2afc
+
+    metric = _metric(args)
+    dev = next(metric.parameters()).device if any(True for _ in metric.parameters()) else torch.device("cpu")
+    ref, x0, x1 = _load([args.ref, args.x0, args.x1], dev)
+    label = None if args.label is None else torch.tensor([args.label])
+    res = run_2afc(metric, ref, x0, x1, label, norm=args.norm, eps=args.eps, method=args.method, target=args.target,
+                   steps=args.steps, restarts=args.restarts, seed=args.seed, loss=args.loss)
+    clean = {"ref": ref, "x0": x0, "x1": x1}
+    adv = {"ref": res.ref, "x0": res.x0, "x1": res.x1}
+    src = {"ref": args.ref, "x0": args.x0, "x1": args.x1}
+    perturbed = ["x0", "x1"] if args.target == "x0+x1" else [args.target]
+    saved = {k: _save(adv[k], clean[k], src[k], Path(args.out)) for k in perturbed}
+    final = {k: saved[k]["image"] if k in saved else clean[k] for k in clean}
+    with torch.no_grad():
+        s0 = float(metric(final["ref"], final["x0"]))
+        s1 = float(metric(final["ref"], final["x1"]))
+    label_v = int(res.label[0])
+    saved_dec = int(s1 < s0)
+    report = {
+        "metric": getattr(metric, "name", "") or args.metric, "norm": args.norm, "eps": args.eps, "method": args.method,
+        "target": args.target, "steps": args.steps, "label": label_v,
+        "clean": {"d0": float(res.clean_d0), "d1": float(res.clean_d1), "decision": int(res.clean_d1 < res.clean_d0)},
+        "adversarial": {"d0": float(res.adv_d0), "d1": float(res.adv_d1), "decision": int(res.adv_decision),
+                        "flipped": bool(res.flipped), **{k: _size(adv[k], clean[k]) for k in perturbed}},
+        "saved": {"d0": s0, "d1": s1, "decision": saved_dec, "flipped": saved_dec != label_v,
+                  **{k: {kk: v for kk, v in saved[k].items() if kk != "image"} for k in perturbed}},
+    }
+    lines = [
+        f"label {label_v} (x{label_v} closer); clean: d0 {report['clean']['d0']:.5f}  d1 {report['clean']['d1']:.5f}",
+        f"attack ({args.method}, {args.norm} eps {args.eps:g} on {args.target}): d0 {float(res.adv_d0):.5f}  "
+        f"d1 {float(res.adv_d1):.5f}  decision x{int(res.adv_decision)}  {'FLIPPED' if bool(res.flipped) else 'not flipped'}",
+        f"saved files re-read: d0 {s0:.5f}  d1 {s1:.5f}  decision x{saved_dec}  "
+        f"{'FLIPPED' if saved_dec != label_v else 'not flipped'}",
+        *[_budget_line(k, saved[k], args) for k in perturbed],
+    ]
+    return _emit(args, report, lines)
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    from . import run_pair
+
+    metric = _metric(args)
+    dev = next(metric.parameters()).device if any(True for _ in metric.parameters()) else torch.device("cpu")
+    a, b = _load([args.a, args.b], dev)
+    method = "apgd" if args.method == "apgd-ce" else args.method
+    res = run_pair(metric, a, b, args.direction, args.target, args.norm, args.eps, method, args.steps, args.restarts,
+                   args.seed, args.threshold)
+    perturbed = {"x": ["a"], "y": ["b"], "both": ["a", "b"]}[args.target]
+    clean = {"a": a, "b": b}
+    adv = {"a": res.x, "b": res.y}
+    src = {"a": args.a, "b": args.b}
+    saved = {k: _save(adv[k], clean[k], src[k], Path(args.out)) for k in perturbed}
+    final = {k: saved[k]["image"] if k in saved else clean[k] for k in clean}
+    with torch.no_grad():
+        ds = float(metric(final["a"], final["b"]))
+    report = {
+        "metric": getattr(metric, "name", "") or args.metric, "norm": args.norm, "eps": args.eps, "direction": args.direction,
+        "target": args.target, "threshold": args.threshold, "clean": {"d": float(res.clean_d)},
+        "adversarial": {"d": float(res.adv_d), **{k: _size(adv[k], clean[k]) for k in perturbed}},
+        "saved": {"d": ds, **{k: {kk: v for kk, v in saved[k].items() if kk != "image"} for k in perturbed}},
+    }
+    if args.threshold is not None:
+        report["saved"]["crossed"] = ds > args.threshold if args.direction == "up" else ds < args.threshold
+    lines = [f"d clean {float(res.clean_d):.5f} -> attacked {float(res.adv_d):.5f} -> saved files {ds:.5f}",
+             *[_budget_line(k, saved[k], args) for k in perturbed]]
+    return _emit(args, report, lines)
+
+
+def cmd_embedding(args: argparse.Namespace) -> int:
+    from . import embedding_attack
+
+    metric = _metric(args)
+    dev = next(metric.parameters()).device if any(True for _ in metric.parameters()) else torch.device("cpu")
+    (x,) = _load([args.x], dev)
+    method = "apgd" if args.method == "apgd-ce" else args.method
+    x_adv, d = embedding_attack(metric, x, args.eps, args.norm, args.steps, args.restarts, args.seed, method)
+    s = _save(x_adv, x, args.x, Path(args.out))
+    with torch.no_grad():
+        ds = float(metric(x, s["image"]))
+    report = {"metric": getattr(metric, "name", "") or args.metric, "norm": args.norm, "eps": args.eps,
+              "adversarial": {"d": float(d), **_size(x_adv, x)},
+              "saved": {"d": ds, **{k: v for k, v in s.items() if k != "image"}}}
+    lines = [f"d(x, x_adv): attacked {float(d):.5f} -> saved file {ds:.5f}", _budget_line("x", s, args)]
+    return _emit(args, report, lines)

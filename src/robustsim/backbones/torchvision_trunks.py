@@ -1,0 +1,147 @@
+"""AlexNet, VGG16 and SqueezeNet1.1 feature trunks for LPIPS, without torchvision.
+
+Each trunk keeps torchvision's ``features`` layout (``features.N.weight``, Fire modules as
+``features.N.squeeze.weight`` ...), so a torchvision ImageNet checkpoint loads into it key for key,
+and returns the activations after the ReLUs that LPIPS taps (DESIGN §3.1). Layers after the last tap
+(the final max-pool, the classifier) are left out: they have no effect on LPIPS.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import WeightsError
+
+
+class Fire(nn.Module):
+    """SqueezeNet's Fire block: 1×1 squeeze, then 1×1 and 3×3 expands concatenated (torchvision names)."""
+
+    def __init__(self, cin: int, squeeze: int, e1: int, e3: int):
+        super().__init__()
+        self.squeeze = nn.Conv2d(cin, squeeze, 1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, e1, 1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, e3, 3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(s)), self.expand3x3_activation(self.expand3x3(s))], 1)
+
+
+def _alexnet_features() -> List[nn.Module]:
+    r = lambda: nn.ReLU(inplace=True)  # noqa: E731
+    return [
+        nn.Conv2d(3, 64, 11, stride=4, padding=2), r(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2), r(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1), r(),
+        nn.Conv2d(384, 256, 3, padding=1), r(),
+        nn.Conv2d(256, 256, 3, padding=1), r(),
+    ]
+
+
+def _vgg16_features() -> List[nn.Module]:
+    layers: List[nn.Module] = []
+    cin = 3
+    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512):
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, int(v), 3, padding=1), nn.ReLU(inplace=True)]
+            cin = int(v)
+    return layers
+
+
+def _squeezenet11_features() -> List[nn.Module]:
+    return [
+        nn.Conv2d(3, 64, 3, stride=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, ceil_mode=True), Fire(64, 16, 64, 64), Fire(128, 16, 64, 64),
+        nn.MaxPool2d(3, 2, ceil_mode=True), Fire(128, 32, 128, 128), Fire(256, 32, 128, 128),
+        nn.MaxPool2d(3, 2, ceil_mode=True), Fire(256, 48, 192, 192), Fire(384, 48, 192, 192),
+        Fire(384, 64, 256, 256), Fire(512, 64, 256, 256),
+    ]
+
+
+# name -> (layer factory, indices of the tapped modules in `features`, channels per tap, smallest side)
+# The smallest side is the least H (and W) for which every layer up to the last tap has a non-empty
+# output (checked in the tests by running the trunk at that size and one pixel less).
+_SPECS: Dict[str, Tuple] = {
+    "alex": (_alexnet_features, (1, 4, 7, 9, 11), (64, 192, 384, 256, 256), 31),
+    "vgg": (_vgg16_features, (3, 8, 15, 22, 29), (64, 128, 256, 512, 512), 16),
+    "squeeze": (_squeezenet11_features, (1, 4, 7, 9, 10, 11, 12), (64, 128, 256, 384, 384, 512, 512), 17),
+}
+
+TORCHVISION_NAMES = {"alex": "alexnet", "vgg": "vgg16", "squeeze": "squeezenet1_1"}
+
+
+class Trunk(nn.Module):
+    """A torchvision ``features`` stack that returns the activations at LPIPS's taps.
+
+    Attributes:
+        features: nn.Sequential with torchvision's indices (checkpoint keys ``features.N.*``).
+        taps: indices in ``features`` whose outputs are returned.
+        channels: channel count of each tap.
+        min_size: the smallest image side the trunk accepts.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        if name not in _SPECS:
+            raise ValueError(f"unknown LPIPS trunk {name!r}; choose one of {', '.join(_SPECS)}")
+        make, taps, channels, min_size = _SPECS[name]
+        self.name = name
+        self.features = nn.Sequential(*make())
+        self.taps: Tuple[int, ...] = taps
+        self.channels: Tuple[int, ...] = channels
+        self.min_size: int = min_size
+
+    def forward(self, x: torch.Tensor, channels_last: bool = False) -> List[torch.Tensor]:
+        """Activations at the taps; ``channels_last`` runs the stack in NHWC (faster with oneDNN on CPU)."""
+        outs = []
+        taps = self.taps
+        k = 0
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == taps[k]:
+                outs.append(x)
+                k += 1
+                if k == len(taps):
+                    break
+        return outs
+
+    def load_torchvision(self, state: Dict[str, torch.Tensor], what: str) -> None:
+        """Load a torchvision checkpoint: a whole classifier (``classifier.*`` ignored) or ``features.*`` only."""
+        own = self.state_dict()
+        feats = {k: v for k, v in state.items() if k.startswith("features.")}
+        other = sorted(k for k in state if not k.startswith(("features.", "classifier.")))
+        extra_feats = sorted(k for k in feats if k not in own)
+        missing = sorted(k for k in own if k not in feats)
+        shapes = sorted(f"{k} {tuple(feats[k].shape)} != {tuple(own[k].shape)}" for k in own if k in feats and feats[k].shape != own[k].shape)
+        if other or missing or shapes or extra_feats:
+            parts = []
+            if missing:
+                parts.append(f"missing keys: {_show(missing)}")
+            if other or extra_feats:
+                parts.append(f"unexpected keys: {_show(other + extra_feats)}")
+            if shapes:
+                parts.append(f"wrong shapes: {_show(shapes)}")
+            raise WeightsError(
+                f"{what} is not a torchvision {TORCHVISION_NAMES[self.name]} checkpoint "
+                f"(expected features.* keys, optionally classifier.*): " + "; ".join(parts)
+            )
+        self.load_state_dict(feats, strict=True)
+
+
+def _show(keys: Sequence[str], n: int = 6) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def build_trunk(name: str) -> Trunk:
+    """A randomly initialised trunk (PyTorch's default conv init); load weights into it afterwards."""
+    return Trunk(name)

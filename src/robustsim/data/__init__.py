@@ -1,0 +1,32 @@
+"""Datasets: real-photo suites (offline), BAPPS, NIGHTS, and image folders.
+
+Every 2AFC dataset yields ``(ref, x0, x1, label, judge)`` with images 3×H×W in [0, 1], ``label`` 0 when
+x0 is the closer one and ``judge`` the fraction of judges preferring x1. Submodules are imported on
+first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "photos": "photos", "bapps": "bapps", "night": "night", "folders": "folders", "fetch": "fetch",
+}
+_NAMES = {
+    "PhotoSource": "photos", "photo_sources": "photos", "train_photos": "photos", "heldout_photos": "photos",
+    "select_photos": "photos", "HELDOUT": "photos", "DISTORTIONS": "photos", "distort": "photos",
+    "OrderingSuite": "photos", "TeacherSuite": "photos", "ordering_suite": "photos", "teacher_suite": "photos",
+    "RandomCrops": "photos", "TripletDataset": "photos", "color_jitter": "photos",
+    "BAPPS2AFC": "bapps", "BAPPSJND": "bapps", "Nights": "night",
+    "read_image": "folders", "CorruptImageError": "folders",
+}
+
+__all__ = sorted(set(_LAZY) | set(_NAMES))
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{_LAZY[name]}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

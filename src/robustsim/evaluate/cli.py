@@ -1,0 +1,147 @@
+"""``robustsim eval``: 2AFC / JND / embedding / retrieval evaluation with resumable runs and reports.
+
+    robustsim eval --metric M --dataset ordering|teacher|bapps-2afc|bapps-jnd|nights [--root DIR --split S]
+                   [--attack apgd-ce --norm l2 --eps 0.5,1,2,3 --target ref --steps 100] [--certified]
+                   [--embedding-attack] [--retrieval] [--batch-size 32 --device cpu --out DIR --limit N]
+    robustsim eval --suite offline [--out docs]      # regenerates docs/RESULTS.md
+
+``--out DIR`` holds the per-batch results (rerun the same command after an interruption: finished
+batches are not recomputed) and the report (results.json, results.md, PNG plots).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List
+
+from ..errors import InputError
+
+DATASETS = ("ordering", "teacher", "bapps-2afc", "bapps-jnd", "nights")
+
+
+def _floats(s: str) -> List[float]:
+    try:
+        vals = [float(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--eps must be comma-separated numbers (e.g. 0.5,1,2,3), got {s!r}") from None
+    if not vals:
+        raise InputError("--eps is empty")
+    return vals
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a metric: 2AFC natural/attacked/certified, JND, embedding attack, retrieval")
+    p.add_argument("--metric", help="hub name or saved .safetensors (default: the shipped default model)")
+    p.add_argument("--dataset", choices=DATASETS, help="which data to evaluate on")
+    p.add_argument("--suite", choices=("offline",), help="offline: every offline metric on the held-out photo suites -> RESULTS.md")
+    p.add_argument("--root", help="dataset root (BAPPS / NIGHTS)")
+    p.add_argument("--split", help="dataset split (BAPPS: train|val, NIGHTS: test|test_imagenet|..., photos: heldout|train)")
+    p.add_argument("--categories", help="BAPPS categories, comma-separated (default: all of the split)")
+    p.add_argument("--n", type=int, default=256, help="offline suites: number of triplets")
+    p.add_argument("--size", type=int, help="offline suites: image side (default: the metric's input size, else 64)")
+    p.add_argument("--judge", default="effnet-lite0-cosine", help="teacher suite: metric that labels the triplets")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attack", help="2AFC attack method: apgd-ce | pgd")
+    p.add_argument("--norm", default="l2", choices=("l2", "linf"))
+    p.add_argument("--eps", default="0.5,1,2,3", help="attack budgets, comma-separated ([0,1] pixel units)")
+    p.add_argument("--target", default="ref", help="perturbed image(s): ref | x0 | x1 | x0+x1")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--restarts", type=int, default=1)
+    p.add_argument("--certified", action="store_true", help="certified 2AFC (certified metrics): same forward pass as natural")
+    p.add_argument("--embedding-attack", action="store_true", help="also the embedding attack histogram at --eps")
+    p.add_argument("--retrieval", action="store_true", help="also top-1 retrieval clean/attacked (ordering suite)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+    p.add_argument("--limit", type=int, help="evaluate only the first N items")
+    p.add_argument("--on-corrupt", default="skip", choices=("skip", "fail"),
+                   help="unreadable image in a dataset: skip and count it (default) or stop")
+    p.add_argument("--out", help="run directory: per-batch results (resumable) and the report")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+
+def _dataset(args, metric):
+    from ..data import bapps, night, photos
+
+    d = args.dataset
+    if d in ("ordering", "teacher"):
+        size = args.size or (metric.input_size[0] if getattr(metric, "input_size", None) else 64)
+        split = args.split or "heldout"
+        if d == "ordering":
+            return photos.OrderingSuite(n=args.n, size=size, split=split, seed=args.seed)
+        from .. import hub
+
+        judge = hub.load(args.judge, device=args.device)
+        return photos.TeacherSuite(judge, n=args.n, size=size, split=split, seed=args.seed, batch_size=args.batch_size,
+                                   progress=not args.no_progress)
+    if not args.root:
+        raise InputError(f"--dataset {d} needs --root (the folder holding the dataset; see `robustsim data fetch`)")
+    if d == "bapps-2afc":
+        return bapps.BAPPS2AFC(args.root, args.split or "val", args.categories, load_size=args.size or 64)
+    if d == "bapps-jnd":
+        return bapps.BAPPSJND(args.root, args.categories, load_size=args.size or 64, split=args.split or "val")
+    return night.Nights(args.root, args.split or "test", load_size=args.size or 224)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    progress = not args.no_progress
+    if args.suite == "offline":
+        from .offline import run_offline_suite
+
+        out = run_offline_suite(args.out or "docs", run_dir="work_data/results_run", progress=progress, device=args.device)
+        print(f"wrote {out['paths']['md']}")
+        return 0
+    if not args.dataset:
+        raise InputError("give --dataset (ordering, teacher, bapps-2afc, bapps-jnd, nights) or --suite offline")
+    from .. import hub
+
+    metric = hub.load(args.metric, device=args.device)
+    ds = _dataset(args, metric)
+    out = Path(args.out) if args.out else None
+    ident = {"dataset": args.dataset, "root": args.root, "split": args.split, "categories": args.categories,
+             "n": args.n if args.dataset in ("ordering", "teacher") else None, "size": args.size, "seed": args.seed}
+    result = {}
+    if args.dataset == "bapps-jnd":
+        from .jnd import evaluate_jnd
+
+        if args.attack or args.certified or args.retrieval or args.embedding_attack:
+            raise InputError("--dataset bapps-jnd supports the natural JND mAP only")
+        result = evaluate_jnd(metric, ds, args.batch_size, args.device, run_dir=out and out / "jnd", limit=args.limit,
+                              on_corrupt=args.on_corrupt, progress=progress, config=ident)
+    else:
+        from .twoafc import AttackSpec, evaluate_2afc
+
+        if args.retrieval and not getattr(metric, "has_embedding", False):
+            raise InputError(f"{metric.name} has no embedding: --retrieval needs a cosine/embedding metric (not LPIPS)")
+        attack = None
+        if args.attack:
+            attack = AttackSpec(args.attack, args.norm, _floats(args.eps), args.target, args.steps, args.restarts, args.seed)
+        result = evaluate_2afc(metric, ds, args.batch_size, args.device, attack=attack, certified=args.certified,
+                               run_dir=out and out / "2afc", limit=args.limit, on_corrupt=args.on_corrupt,
+                               progress=progress, config=ident)
+        if args.embedding_attack:
+            from .embedding import evaluate_embedding_attack
+
+            result["embedding"] = evaluate_embedding_attack(metric, ds, _floats(args.eps), args.steps, args.batch_size,
+                                                            args.device, run_dir=out and out / "embedding",
+                                                            limit=args.limit, on_corrupt=args.on_corrupt,
+                                                            progress=progress, seed=args.seed, config=ident)
+        if args.retrieval:
+            from .offline import offline_retrieval_set
+            from .retrieval import evaluate_retrieval
+
+            if args.dataset != "ordering":
+                raise InputError("--retrieval is available with --dataset ordering (queries: weaker distortions)")
+            q, g, t = offline_retrieval_set(args.limit or args.n, ds.size, args.seed)
+            result["retrieval"] = evaluate_retrieval(metric, q, g, t, eps=_floats(args.eps)[-1], steps=args.steps,
+                                                     batch_size=args.batch_size, device=args.device, progress=progress)
+    result["dataset"] = args.dataset
+    if out:
+        paths = write_report([result], out, title=f"{metric.name} on {args.dataset}")
+        print(f"report: {paths['md']}")
+    from .report import markdown
+
+    print(markdown([result], title=f"{metric.name} on {args.dataset}"))
+    return 0

@@ -1,0 +1,88 @@
+"""Parameter-free 1-Lipschitz (l2) building blocks: channel padding, sum pooling, invertible
+downsampling, truncation. Each has operator norm exactly 1 (padding, downsampling and flattening are
+isometries; pooling and truncation are contractions with norm 1)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PadChannels", "SumPool2d", "InvertibleDownsample", "Truncate", "Flatten"]
+
+
+class PadChannels(nn.Module):
+    """Zero-pad the channel dimension from ``in_channels`` to ``out_channels`` (an isometry)."""
+
+    def __init__(self, out_channels: int, in_channels: int = 3):
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"PadChannels cannot shrink {in_channels} channels to {out_channels}")
+        self.out_channels, self.in_channels = int(out_channels), int(in_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"PadChannels expected {self.in_channels} channels, got {x.shape[1]}")
+        return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels} -> {self.out_channels}"
+
+
+class SumPool2d(nn.Module):
+    """``sum / k`` over non-overlapping k×k windows: ``AvgPool2d(k, divisor_override=k)``.
+
+    Each output is (1/k)·(sum of k² inputs), whose l2 norm is at most the norm of those inputs, and
+    windows are disjoint, so the operator norm is exactly 1 (a plain average would have 1/k and
+    waste the Lipschitz budget). The official LipSim network uses two of these with k = 4.
+    """
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.kernel_size = int(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        return F.avg_pool2d(x, k, stride=k, divisor_override=k)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, divisor={self.kernel_size}"
+
+
+class InvertibleDownsample(nn.Module):
+    """Space-to-depth (PixelUnshuffle): C×H×W -> C·s²×(H/s)×(W/s), a permutation, hence an isometry.
+
+    Lets the SLL convolutions run at a lower resolution without losing information or Lipschitz budget.
+    """
+
+    def __init__(self, factor: int):
+        super().__init__()
+        self.factor = int(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.factor
+        if x.shape[-1] % s or x.shape[-2] % s:
+            raise ValueError(f"InvertibleDownsample({s}) needs H and W divisible by {s}, got {tuple(x.shape[-2:])}")
+        return F.pixel_unshuffle(x, s)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+class Truncate(nn.Module):
+    """Keep the first ``dim`` coordinates of a flat vector (a projection, norm 1)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] < self.dim:
+            raise ValueError(f"Truncate({self.dim}) got only {x.shape[1]} features")
+        return x[:, : self.dim]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Flatten(nn.Flatten):
+    """nn.Flatten (an isometry), re-exported so every LipSim piece comes from this module."""

@@ -1,0 +1,382 @@
+"""A persistent embedding index of an image folder: file paths + unit embeddings + a FAISS index.
+
+Why: retrieval and near-duplicate detection need the gallery embedded once, stored with enough
+identity (metric name, a hash of its weights, the embedding size) that a later search with another
+model is refused instead of silently returning nonsense.
+
+The index is one file (safetensors container, written to a temporary name and renamed, so a
+crash never leaves a half-written index under the real name):
+
+- tensors ``embeddings`` (M×D float32 unit vectors, row i = file i), ``gnorms`` (M, float64: ||g(x)||
+  of the raw features, certified metrics only), ``paths`` (UTF-8 JSON list as uint8), ``faiss``
+  (the serialised FAISS index as uint8; empty for the exact kind, which is rebuilt on load);
+- metadata ``robustsim-index``: JSON with format, metric name/reference, weights sha256, dim,
+  kind and its parameters, and a sha256 of every tensor's bytes (detects corruption).
+
+Kinds: ``"exact"`` (``IndexFlatIP``, brute-force inner product), ``"ivf"`` (``IndexIVFFlat`` with
+inner product; ``nlist`` lists, ``nprobe`` probed) and ``"hnsw"`` (``IndexHNSWFlat``, inner product;
+``M`` links, ``ef_search``). Row i of the FAISS index is always row i of ``embeddings``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..io import IMAGE_SUFFIXES, load_image
+
+FORMAT = "robustsim-index/1"
+KINDS = ("exact", "ivf", "hnsw")
+PathLike = Union[str, os.PathLike]
+
+
+def _faiss():
+    try:
+        import faiss  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise InputError(f"retrieval needs FAISS: pip install 'robustsim[retrieval]' ({e})") from None
+    return faiss
+
+
+def weights_hash(metric: torch.nn.Module) -> str:
+    """sha256 over the metric's state dict (sorted names, dtype, shape, raw bytes): same weights, same hash."""
+    h = hashlib.sha256()
+    for name, t in sorted(metric.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def metric_label(metric: Any) -> str:
+    return getattr(metric, "name", "") or type(metric).__name__
+
+
+def find_images(folder: PathLike) -> List[Path]:
+    """Every image file (io's suffixes) under ``folder``, recursively, hidden files/dirs skipped, sorted."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a directory")
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in files:
+            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
+                out.append(Path(root) / f)
+    return sorted(out)
+
+
+def _raw_features(metric: Any, x: torch.Tensor) -> torch.Tensor:
+    g = metric.features(x).flatten(1)
+    if getattr(metric, "center", False):
+        g = g - g.mean(dim=1, keepdim=True)
+    return g
+
+
+def embed_batch(metric: Any, images: Sequence[torch.Tensor]) -> Tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings (float32) and raw-feature norms (float64; NaN when the metric has no `features`)
+    of 1×3×H×W images, batching those of equal size (each image is embedded at its own size)."""
+    n = len(images)
+    emb: List[Optional[np.ndarray]] = [None] * n
+    gn = np.full(n, np.nan)
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, x in enumerate(images):
+        groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+    dev = next((p.device for p in metric.parameters()), torch.device("cpu"))
+    with torch.no_grad():
+        for idx in groups.values():
+            x = torch.cat([images[i] for i in idx]).to(dev)
+            e = metric.embed(x).float().cpu().numpy()
+            if getattr(metric, "certified", False) and hasattr(metric, "features"):
+                g = _raw_features(metric, x).double().norm(dim=1).cpu().numpy()
+            else:
+                g = np.full(len(idx), np.nan)
+            for j, i in enumerate(idx):
+                emb[i], gn[i] = e[j], g[j]
+    return np.stack(emb).astype(np.float32), gn
+
+
+@dataclass
+class Index:
+    """Stored gallery: ``paths[i]`` has unit embedding ``embeddings[i]`` (and ``gnorms[i]``)."""
+
+    metric_name: str
+    weights_sha256: str
+    dim: int
+    certified: bool
+    kind: str = "exact"
+    params: Dict[str, Any] = field(default_factory=dict)
+    paths: List[str] = field(default_factory=list)
+    embeddings: np.ndarray = None  # type: ignore[assignment]
+    gnorms: np.ndarray = None  # type: ignore[assignment]
+    metric_ref: str = ""
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    _faiss_index: Any = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError(f"unknown index kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.embeddings is None:
+            self.embeddings = np.zeros((0, self.dim), dtype=np.float32)
+        if self.gnorms is None:
+            self.gnorms = np.full(len(self.embeddings), np.nan)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    # ------------------------------------------------------------------ identity
+    def check_metric(self, metric: Any) -> None:
+        """Refuse a metric other than the one the index was built with (name and weights hash)."""
+        name, digest = metric_label(metric), weights_hash(metric)
+        if name != self.metric_name or digest != self.weights_sha256:
+            raise InputError(
+                f"index was built with metric {self.metric_name!r} (weights sha256 {self.weights_sha256[:12]}) "
+                f"but the search uses {name!r} (weights sha256 {digest[:12]}); rebuild the index or use that metric"
+            )
+
+    # ------------------------------------------------------------------ FAISS
+    @property
+    def faiss_index(self):
+        if self._faiss_index is None:
+            self._faiss_index = self._build_faiss(train=True)
+        return self._faiss_index
+
+    def _build_faiss(self, train: bool, trained=None):
+        faiss = _faiss()
+        x = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        d = self.dim
+        if self.kind == "exact":
+            ix = faiss.IndexFlatIP(d)
+        elif self.kind == "hnsw":
+            ix = faiss.IndexHNSWFlat(d, int(self.params.get("M", 32)), faiss.METRIC_INNER_PRODUCT)
+            ix.hnsw.efConstruction = int(self.params.get("ef_construction", 80))
+            ix.hnsw.efSearch = int(self.params.get("ef_search", 64))
+        else:
+            if trained is not None:
+                ix = trained
+                ix.reset()
+            else:
+                if len(x) == 0:
+                    raise InputError("an IVF index needs at least one embedding to train on")
+                nlist = int(self.params.get("nlist") or max(1, min(int(4 * math.sqrt(len(x))), len(x) // 39 or 1)))
+                self.params["nlist"] = nlist
+                quant = faiss.IndexFlatIP(d)
+                ix = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+                ix.cp.seed = int(self.params.get("seed", 0))
+                ix.train(x)
+            ix.nprobe = int(self.params.get("nprobe") or max(1, ix.nlist // 8))
+            self.params["nprobe"] = int(ix.nprobe)
+        if len(x):
+            ix.add(x)
+        return ix
+
+    def ivf_lists(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(centroids L×D float64, list of each row (M,), radius of each list = max ||b - centroid||).
+
+        Used for sound pruning: for a unit query u, every b in list l has <u, b> <= <u, c_l> + r_l.
+        """
+        ix = self.faiss_index
+        faiss = _faiss()
+        ivf = faiss.extract_index_ivf(ix)
+        cent = ivf.quantizer.reconstruct_n(0, ivf.nlist).astype(np.float64)
+        _, assign = ivf.quantizer.search(np.ascontiguousarray(self.embeddings, dtype=np.float32), 1)
+        assign = assign[:, 0]
+        e = self.embeddings.astype(np.float64)
+        dist = np.linalg.norm(e - cent[assign], axis=1)
+        rad = np.zeros(ivf.nlist)
+        np.maximum.at(rad, assign, dist)
+        return cent, assign, rad
+
+    # ------------------------------------------------------------------ editing
+    def add_images(self, metric: Any, files: Iterable[PathLike], batch_size: int = 32, progress: bool = True,
+                   root: Optional[PathLike] = None) -> int:
+        """Embed and append image files (already indexed paths are skipped); unreadable files are
+        skipped and listed in ``self.skipped``. Returns the number added."""
+        from tqdm.auto import tqdm
+
+        self.check_metric(metric)
+        have = set(self.paths)
+        todo = [str(Path(f)) for f in files]
+        todo = [f for f in dict.fromkeys(todo) if f not in have]
+        min_size = max(2, int(getattr(metric, "min_size", 1)))
+        added_paths, added_emb, added_g = [], [], []
+        for s in tqdm(range(0, len(todo), batch_size), desc=f"index {self.metric_name}", disable=not progress or None):
+            imgs, ok = [], []
+            for f in todo[s:s + batch_size]:
+                try:
+                    imgs.append(load_image(f, min_size=min_size))
+                    ok.append(f)
+                except (InputError, OSError) as e:
+                    self.skipped.append((f, str(e)))
+            if not imgs:
+                continue
+            e, g = embed_batch(metric, imgs)
+            added_paths += ok
+            added_emb.append(e)
+            added_g.append(g)
+        if added_paths:
+            self._append(added_paths, np.concatenate(added_emb), np.concatenate(added_g))
+        return len(added_paths)
+
+    def _append(self, paths: List[str], emb: np.ndarray, gn: np.ndarray) -> None:
+        if emb.shape[1] != self.dim:
+            raise InputError(f"embedding dimension mismatch: index has {self.dim}, new embeddings have {emb.shape[1]}")
+        self.paths += paths
+        self.embeddings = np.concatenate([self.embeddings, emb.astype(np.float32)])
+        self.gnorms = np.concatenate([self.gnorms, gn.astype(np.float64)])
+        if self._faiss_index is not None:
+            if self.kind == "ivf" and not self._faiss_index.is_trained:  # pragma: no cover
+                self._faiss_index = None
+            else:
+                self._faiss_index.add(np.ascontiguousarray(emb, dtype=np.float32))
+
+    def add_embeddings(self, paths: Sequence[str], emb: np.ndarray, gnorms: Optional[np.ndarray] = None) -> None:
+        """Append precomputed unit embeddings (benchmarks, tests, other pipelines)."""
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != len(paths):
+            raise InputError(f"add_embeddings needs one row per path, got {emb.shape} for {len(paths)} paths")
+        gn = np.full(len(paths), np.nan) if gnorms is None else np.asarray(gnorms, dtype=np.float64)
+        self._append([str(p) for p in paths], emb, gn)
+
+    def remove(self, paths: Iterable[PathLike]) -> int:
+        """Remove files (by stored path, or any path under a removed folder). Returns how many."""
+        drop = {str(Path(p)) for p in paths}
+        keep = [i for i, p in enumerate(self.paths) if p not in drop and not any(p.startswith(d + os.sep) for d in drop)]
+        n = len(self.paths) - len(keep)
+        if n == 0:
+            return 0
+        self.paths = [self.paths[i] for i in keep]
+        self.embeddings = self.embeddings[keep]
+        self.gnorms = self.gnorms[keep]
+        if self._faiss_index is not None:
+            # rows must stay aligned with positions: re-add the kept vectors (IVF keeps its trained lists)
+            trained = self._faiss_index if self.kind == "ivf" else None
+            self._faiss_index = self._build_faiss(train=False, trained=trained)
+        return n
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: PathLike) -> Path:
+        """Write the index to one file atomically (temporary file in the same folder, then rename)."""
+        from safetensors.numpy import save_file
+
+        path = Path(path).expanduser()
+        faiss_bytes = np.zeros(0, dtype=np.uint8)
+        if self.kind != "exact":
+            faiss_bytes = _faiss().serialize_index(self.faiss_index)
+        tensors = {
+            "embeddings": np.ascontiguousarray(self.embeddings, dtype=np.float32).reshape(-1, self.dim),
+            "gnorms": np.ascontiguousarray(self.gnorms, dtype=np.float64),
+            "paths": np.frombuffer(json.dumps(self.paths).encode(), dtype=np.uint8).copy(),
+            "faiss": np.ascontiguousarray(faiss_bytes, dtype=np.uint8),
+        }
+        meta = {
+            "format": FORMAT, "metric": self.metric_name, "metric_ref": self.metric_ref,
+            "weights_sha256": self.weights_sha256, "dim": self.dim, "certified": self.certified,
+            "kind": self.kind, "params": self.params, "count": len(self.paths),
+            "sha256": {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in tensors.items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"robustsim-index": json.dumps(meta)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+def load_index(path: PathLike) -> Index:
+    """Read an index written by :meth:`Index.save`; a corrupt, truncated or foreign file is an InputError."""
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path}: no such index file")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw = (f.metadata() or {}).get("robustsim-index")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise InputError(f"{path}: corrupt or truncated index file ({type(e).__name__}: {str(e)[:120]})") from None
+    if raw is None:
+        raise InputError(f"{path}: not a robustsim index (no 'robustsim-index' metadata)")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise InputError(f"{path}: corrupt index metadata") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InputError(f"{path}: unsupported index format {meta.get('format') if isinstance(meta, dict) else '?'!r}")
+    for k, digest in (meta.get("sha256") or {}).items():
+        if k not in tensors or hashlib.sha256(tensors[k].tobytes()).hexdigest() != digest:
+            raise InputError(f"{path}: corrupt index file (checksum of '{k}' does not match)")
+    if set(tensors) != {"embeddings", "gnorms", "paths", "faiss"}:
+        raise InputError(f"{path}: corrupt index file (tensors {sorted(tensors)})")
+    emb = tensors["embeddings"]
+    paths = json.loads(tensors["paths"].tobytes().decode())
+    dim = int(meta["dim"])
+    if emb.ndim != 2 or emb.shape[1] != dim or len(paths) != emb.shape[0] or len(tensors["gnorms"]) != emb.shape[0]:
+        raise InputError(f"{path}: inconsistent index (dim {dim}, embeddings {emb.shape}, {len(paths)} paths)")
+    ix = Index(metric_name=meta["metric"], weights_sha256=meta["weights_sha256"], dim=dim,
+               certified=bool(meta["certified"]), kind=meta["kind"], params=dict(meta.get("params") or {}),
+               paths=list(paths), embeddings=np.array(emb, dtype=np.float32), gnorms=np.array(tensors["gnorms"]),
+               metric_ref=meta.get("metric_ref", ""))
+    if ix.kind != "exact":
+        try:
+            ix._faiss_index = _faiss().deserialize_index(np.array(tensors["faiss"]))
+        except Exception as e:
+            raise InputError(f"{path}: corrupt FAISS index inside the file ({e})") from None
+        if ix._faiss_index.ntotal != len(ix) or ix._faiss_index.d != dim:
+            raise InputError(f"{path}: FAISS index holds {ix._faiss_index.ntotal}×{ix._faiss_index.d}, expected {len(ix)}×{dim}")
+    return ix
+
+
+def build_index(metric: Any, folder: PathLike, kind: str = "exact", batch_size: int = 32, progress: bool = True,
+                metric_ref: str = "", **params: Any) -> Index:
+    """Embed every image under ``folder`` (recursive) with ``metric`` and build a ``kind`` index.
+
+    ``params``: ivf: nlist, nprobe, seed; hnsw: M, ef_construction, ef_search. Unreadable files are
+    skipped (``index.skipped`` lists them with the reason); an empty folder, or one where nothing
+    could be read, is an InputError.
+    """
+    if not getattr(metric, "has_embedding", False):
+        raise InputError(f"{metric_label(metric)} has no embedding: an index needs a cosine/embedding metric (not LPIPS)")
+    files = find_images(folder)
+    if not files:
+        raise InputError(f"{folder}: no image files found (suffixes {' '.join(IMAGE_SUFFIXES)})")
+    metric.eval()
+    min_size = max(2, int(getattr(metric, "min_size", 1)))
+    probe = None
+    for f in files:  # the embedding dimension, from the first readable image
+        try:
+            probe = load_image(f, min_size=min_size)
+            break
+        except (InputError, OSError):
+            continue
+    if probe is None:
+        raise InputError(f"{folder}: none of the {len(files)} image files could be read")
+    with torch.no_grad():
+        dim = int(metric.embed(probe).shape[1])
+    ix = Index(metric_name=metric_label(metric), weights_sha256=weights_hash(metric), dim=dim,
+               certified=bool(getattr(metric, "certified", False)), kind=kind, params=dict(params),
+               metric_ref=metric_ref or metric_label(metric))
+    ix.add_images(metric, files, batch_size=batch_size, progress=progress)
+    if len(ix) == 0:
+        raise InputError(f"{folder}: none of the {len(files)} image files could be read")
+    ix._faiss_index = ix._build_faiss(train=True)
+    return ix
+
+
+__all__ = ["Index", "build_index", "load_index", "find_images", "weights_hash", "embed_batch", "KINDS", "FORMAT"]

@@ -1,0 +1,26 @@
+"""Training recipes: R-LPIPS adversarial training, LipSim distillation and hinge fine-tuning.
+
+    >>> from robustsim.train import load_config, train
+    >>> result = train(load_config("configs/distill_tiny.yaml"))
+    >>> result.model_path            # a robustsim .safetensors file: robustsim.load(result.model_path)
+
+Every recipe shares the loop in :mod:`robustsim.train.common` (seeding, exact resume, checkpoints on
+interrupt, CSV logs, DDP under torchrun). Submodules are imported on first use.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["load_config", "from_dict", "train", "spawn_local", "TrainResult", "TrainingDiverged", "RecipeConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("load_config", "from_dict", "RecipeConfig"):
+        from . import config
+
+        return getattr(config, name)
+    if name in ("train", "spawn_local", "TrainResult", "TrainingDiverged", "Trainer"):
+        from . import common
+
+        return getattr(common, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
