@@ -3,7 +3,6 @@ invariants of every returned example, and bad input. Tiny models; the real-model
 test_attacks_real.py."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -66,7 +65,7 @@ def triplets(n=6, size=16, seed=0):
 # ---------------------------------------------------------------- projections
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.integers(0, 10_000), st.floats(0.05, 3.0))
 def test_l2_projection_is_the_nearest_point_of_ball_and_box(seed, eps):
     """Variational inequality of a Euclidean projection onto a convex set: <v - p, q - p> <= 0 for every

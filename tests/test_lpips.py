@@ -77,25 +77,12 @@ def input_grads(model, x, y, is_ref, dtype):
 
 
 def check_input_grads(ours, ref, x, y):
-    """Gradients w.r.t. both inputs agree with the reference's.
-
-    float64: the same function, so agreement to 1e-10. float32: to 1e-5, except where the reference's
-    own float32 gradient is that far from the float64 one (VGG: unit-normalising near-zero feature
-    vectors is ill-conditioned; we measured reference errors of 5e-5); there ours must be at least as
-    accurate as the reference.
-    """
-    o64, r64 = input_grads(ours, x, y, False, torch.float64), input_grads(ref, x, y, True, torch.float64)
+    """Gradients w.r.t. both inputs agree with the reference's to 1e-5 (and to 1e-3 relative)."""
     o32, r32 = input_grads(ours, x, y, False, torch.float32), input_grads(ref, x, y, True, torch.float32)
-    for a, b, truth, c in zip(o64, r64, o64, r32):
-        assert (a - b).abs().max().item() <= 1e-10 * max(1.0, b.abs().max().item())
-    for a, b, truth in zip(o32, r32, o64):
-        assert truth.abs().max() > 1e-6  # not a vacuous comparison
+    for a, b in zip(o32, r32):
+        assert b.abs().max() > 1e-6  # not a vacuous comparison
         err = (a - b).abs().max().item()
-        ref_err = (b - truth).abs().max().item()
-        if ref_err <= 5e-6:
-            assert err <= 1e-5
-        else:
-            assert (a - truth).abs().max().item() <= 1.5 * ref_err + 1e-6
+        assert err <= 1e-5 and err <= 1e-3 * b.abs().max().item()
 
 
 # VGG16 on 7×97×131 costs ~8 s per gradient on one thread: its values are checked at every

@@ -32,7 +32,7 @@ FAMILIES: List[str] = [
     "robustsim.metrics.dreamsim",
 ]
 
-DEFAULT_MODEL = "effnet-lite0-cosine"
+DEFAULT_MODEL = "lipsim-default"
 SAVE_FORMAT = "robustsim/1"
 
 

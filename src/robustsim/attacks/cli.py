@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def common(q: argparse.ArgumentParser, default_method: str, default_eps: float) -> None:
         q.add_argument("--metric", "-m", default=None, help="metric name or saved .safetensors (default: the shipped default)")
-        q.add_argument("--device", default=None, help="torch device (default: cpu)")
+        q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
         q.add_argument("--norm", default="l2", choices=["l2", "linf"])
         q.add_argument("--eps", type=float, default=default_eps, help="budget per perturbed image, [0, 1] pixel units")
         q.add_argument("--method", default=default_method, help="apgd-ce | apgd | pgd")

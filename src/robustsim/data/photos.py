@@ -579,9 +579,17 @@ class TeacherSuite(_PairSuite):
             for start in tqdm(range(0, self.n, batch_size), desc=f"teacher {self.judge_name}", disable=not progress or None):
                 idx = range(start, min(self.n, start + batch_size))
                 ref, x0, x1 = (torch.stack(t).to(dev) for t in zip(*(self.images(i) for i in idx)))
-                d = teacher(torch.cat([ref, ref]), torch.cat([x0, x1])).float().cpu()
-                d0s.append(d[: len(idx)])
-                d1s.append(d[len(idx):])
+                k = len(idx)
+                if getattr(teacher, "has_embedding", False):  # embed each image once (not the reference twice)
+                    from ..metrics.embedding import cosine_distance_from_unit
+
+                    e = teacher.embed(torch.cat([ref, x0, x1])).double()
+                    d = torch.cat([cosine_distance_from_unit(e[:k], e[k:2 * k]),
+                                   cosine_distance_from_unit(e[:k], e[2 * k:])]).float().cpu()
+                else:
+                    d = teacher(torch.cat([ref, ref]), torch.cat([x0, x1])).float().cpu()
+                d0s.append(d[:k])
+                d1s.append(d[k:])
         self.d0, self.d1 = torch.cat(d0s), torch.cat(d1s)
         self.labels = (self.d1 < self.d0).long()
         self.ambiguous = (self.d0 - self.d1).abs() < min_gap

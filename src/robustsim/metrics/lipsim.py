@@ -214,7 +214,21 @@ def _spec(size: str) -> hub.ModelSpec:
     )
 
 
-MODELS = [_spec(s) for s in OFFICIAL]
+#: The shipped default (docs/MODELS.md): a CPU LipSim distilled from EfficientNet-Lite0 by our own recipes,
+#: inside the package so it works offline. Its sha256 is pinned; retraining changes it (update both).
+DEFAULT_ASSET = "lipsim_default.safetensors"
+DEFAULT_SHA256 = "0eb0049bfa435258ad3cec37a3eaf533c1b410658f3cd3f36d69f623a767f0e8"
+
+MODELS = [_spec(s) for s in OFFICIAL] + [
+    hub.ModelSpec(
+        name="lipsim-default",
+        builder="robustsim.metrics.lipsim:build_default",
+        description="shipped certified LipSim (128px, distilled from EfficientNet-Lite0 on real photos; offline)",
+        weights={"main": hub.WeightFile(DEFAULT_ASSET, sha256=DEFAULT_SHA256, package=("robustsim", f"assets/{DEFAULT_ASSET}"),
+                                        description="ships inside the robustsim package")},
+        certified=True,
+    )
+]
 
 
 def _load_weights_file(path: Path, embed_dim: Optional[int]) -> LipSim:
@@ -257,3 +271,12 @@ def build_official(spec: hub.ModelSpec, weights=None, trunk_weights=None, size: 
                 f"LipSim-{size} has {getattr(want, name)} (load it with robustsim.load(PATH) after converting)"
             )
     return metric
+
+
+def build_default(spec: hub.ModelSpec, weights=None, trunk_weights=None, **kwargs: Any) -> LipSim:
+    """Builder of ``lipsim-default``: the packaged model (or ``weights=PATH``, a robustsim LipSim file)."""
+    if trunk_weights is not None:
+        raise InputError(f"{spec.name} has no separate trunk; pass weights=PATH only")
+    if kwargs:
+        raise InputError(f"{spec.name} does not take options {', '.join(sorted(kwargs))}")
+    return _load_weights_file(hub.fetch(spec.weights["main"], weights), None)

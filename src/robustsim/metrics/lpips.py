@@ -132,6 +132,11 @@ class NetLin(nn.Module):
         return self.model(d)
 
 
+def _unit(f: torch.Tensor) -> torch.Tensor:
+    """Unit-normalise over channels with the reference's exact arithmetic (x / (||x|| + 1e-10))."""
+    return f / (f.pow(2).sum(1, keepdim=True).sqrt() + NORM_EPS)
+
+
 class LPIPS(Metric):
     """LPIPS distance between images in [0, 1]; ``forward(x, y)`` returns (N,) distances.
 
@@ -192,21 +197,21 @@ class LPIPS(Metric):
         by = n > 1 and y.stride(0) == 0
         xs = x[:1] if bx else x
         ys = y[:1] if by else y
-        z = self._trunk_input(torch.cat([xs, ys], 0))
         if torch.is_grad_enabled():
-            # NCHW, like the reference: NHWC convolutions round differently, which changes which
-            # input of an exact max-pool tie (flat image regions) receives the gradient.
-            feats = self.net(z)
+            # x and y separately and in NCHW, exactly as the reference: oneDNN picks its convolution
+            # algorithm by batch size and layout, and the different rounding is amplified where a
+            # feature vector is nearly zero (unit-normalisation is ill-conditioned there), which moved
+            # single input-gradient entries by 2e-5; the max-pool tie-breaking in flat regions changes too.
+            pairs = [(_unit(a), _unit(b)) for a, b in zip(self.net(self._trunk_input(xs)), self.net(self._trunk_input(ys)))]
         else:
-            with torch.inference_mode():  # NHWC: oneDNN convolutions are ~20% faster on CPU
+            z = self._trunk_input(torch.cat([xs, ys], 0))
+            with torch.inference_mode():  # one batch, NHWC: oneDNN convolutions are ~20% faster on CPU
                 feats = self.net(z, channels_last=z.device.type == "cpu")
-        nx = xs.shape[0]
-        out = []
-        for f in feats:
-            f = f * (1 / (f.pow(2).sum(1, keepdim=True).sqrt() + NORM_EPS))
-            fx, fy = f[:nx], f[nx:]
-            out.append((fx.expand(n, *fx.shape[1:]) if bx else fx, fy.expand(n, *fy.shape[1:]) if by else fy))
-        return out
+            nx = xs.shape[0]
+            pairs = [(f[:nx], f[nx:]) for f in map(_unit, feats)]  # each tap normalised once for both
+        if bx or by:
+            pairs = [(a.expand(n, *a.shape[1:]) if bx else a, b.expand(n, *b.shape[1:]) if by else b) for a, b in pairs]
+        return pairs
 
     def _tap_maps(self, x: torch.Tensor, y: torch.Tensor) -> List[torch.Tensor]:
         """Per tap, the N×1×h×w map of weighted squared differences."""
