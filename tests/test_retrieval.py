@@ -296,7 +296,7 @@ def test_empty_and_unreadable_folders_and_queries(tmp_path, metric, built):
     with pytest.raises(InputError, match="x.jpg"):
         search(built, metric, [str(tmp_path / "bad" / "x.jpg")])
     with pytest.raises(InputError, match="unknown index kind"):
-        build_index(metric, tmp_path / "bad", kind="lsh", progress=False) if False else Index("m", "h", 3, False, kind="lsh")
+        Index("m", "h", 3, False, kind="lsh")
 
 
 def test_missing_faiss_names_the_extra(monkeypatch, metric, folder):

@@ -7,6 +7,7 @@ and the R-LPIPS repository's variant (its ScalingLayer holds plain attributes: n
 """
 from __future__ import annotations
 
+import copy
 import socket
 import warnings
 
@@ -31,15 +32,23 @@ def _lpips():
     return lpips
 
 
+_BUILT: dict = {}
+
+
 def _trained_like(net: str = "alex", seed: int = 0):
-    """An lpips.LPIPS with random trunk and random non-negative lin heads (as adversarial training leaves them)."""
-    lpips = _lpips()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        m = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False).eval()
-        for lin in m.lins:
-            lin.model[1].weight.data = lin.model[1].weight.data.abs()
-    return m
+    """An lpips.LPIPS with random trunk and random non-negative lin heads (as adversarial training leaves them).
+
+    Cached and deep-copied: building one constructs a whole torchvision classifier (seconds).
+    """
+    if (net, seed) not in _BUILT:
+        lpips = _lpips()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            m = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False).eval()
+            for lin in m.lins:
+                lin.model[1].weight.data = lin.model[1].weight.data.abs()
+        _BUILT[(net, seed)] = m
+    return copy.deepcopy(_BUILT[(net, seed)])
 
 
 def _triplet():
@@ -66,7 +75,7 @@ def test_checkpoint_in_the_released_format_loads_and_matches_the_reference(tmp_p
     rg, = torch.autograd.grad(r.sum(), x)
     assert (g - rg).abs().max().item() <= 1e-5
     # the trunk came from the file, not from torchvision weights (none exist offline)
-    assert torch.equal(m.net.features[10].weight, ref.net.slice5[10].weight)
+    assert torch.equal(m.net.features[10].weight, getattr(ref.net.slice5, "10").weight)
 
 
 def test_repository_variant_without_scaling_buffers_and_dataparallel_prefix(tmp_path):

@@ -7,14 +7,15 @@ for version "0.1", shifted and scaled per channel (the "scaling layer"). Version
 original release, which feeds the [-1, 1] images to the trunk *without* the scaling layer (the
 reference calls it a bug; the v0.0 lin heads were fitted that way); nothing else differs.
 
-Results equal ``lpips.LPIPS(...)(2x-1, 2y-1)`` (0.1.4) to float32 rounding given the same weights.
-What is faster than the reference, with the same maths:
-- x and y go through the trunk as one batch, and a 1-vs-N comparison runs the single image once;
-- each tap is normalised once for both halves;
+Results equal ``lpips.LPIPS(...)(x, y, normalize=True)`` (0.1.4) given the same weights: values to
+float32 rounding, input gradients to 1e-5 (bit for bit where we compared: with gradients enabled the trunk runs exactly like
+the reference's, see :meth:`LPIPS._unit_features`). What is faster than the reference, same maths:
+- under ``torch.no_grad()``: x and y go through the trunk as one NHWC batch in inference mode, and
+  each tap is unit-normalised once for both;
+- a 1-vs-N comparison runs the single image through the trunk once;
 - the 1×1 head and the spatial mean commute, so the head is a dot product on the (N, C) channel
   means instead of a 1-output-channel convolution over the whole map;
-- the trunk is frozen (like the reference's ``pnet_tune=False``), so backward to the inputs does not
-  compute trunk weight gradients; under ``torch.no_grad()`` the trunk runs in inference mode.
+- the trunk is frozen (like the reference's ``pnet_tune=False``): no trunk weight gradients.
 
 Models: ``lpips-alex`` / ``lpips-vgg`` / ``lpips-squeeze`` (kwargs ``version``, ``lpips``, ``spatial``,
 ``pretrained_trunk``) and the released R-LPIPS checkpoints ``rlpips-*`` (full LPIPS-AlexNet state

@@ -30,9 +30,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError
-from ..io import IMAGE_SUFFIXES, load_image
+from ..io import IMAGE_SUFFIXES, check_images, load_image
+from ..metrics.embedding import NORM_EPS, EmbeddingMetric
 
 FORMAT = "robustsim-index/1"
 KINDS = ("exact", "ivf", "hnsw")
@@ -97,10 +99,13 @@ def embed_batch(metric: Any, images: Sequence[torch.Tensor]) -> Tuple[np.ndarray
     with torch.no_grad():
         for idx in groups.values():
             x = torch.cat([images[i] for i in idx]).to(dev)
-            e = metric.embed(x).float().cpu().numpy()
-            if getattr(metric, "certified", False) and hasattr(metric, "features"):
-                g = _raw_features(metric, x).double().norm(dim=1).cpu().numpy()
+            if getattr(metric, "certified", False) and type(metric).embed_checked is EmbeddingMetric.embed_checked:
+                # one forward pass for both: embed = normalize(features), exactly as EmbeddingMetric does it
+                raw = _raw_features(metric, check_images(x, "image", getattr(metric, "min_size", 1)))
+                e = F.normalize(raw, dim=1, eps=NORM_EPS).float().cpu().numpy()
+                g = raw.double().norm(dim=1).cpu().numpy()
             else:
+                e = metric.embed(x).float().cpu().numpy()
                 g = np.full(len(idx), np.nan)
             for j, i in enumerate(idx):
                 emb[i], gn[i] = e[j], g[j]

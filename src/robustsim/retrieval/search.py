@@ -169,6 +169,8 @@ def search(ix: Index, metric: Any, queries: Sequence[Union[str, torch.Tensor]], 
     fi = ix.faiss_index
     lists = ix.ivf_lists() if (certified and certify_top1 and ix.kind == "ivf") else None
     emb_t = torch.from_numpy(ix.embeddings)
+    if certified and certify_top1 and emb_t.numel() <= 2 ** 27:  # up-cast once (top1_radius works in float64)
+        emb_t = emb_t.double()
     out = []
     for q in tqdm(queries, desc="search", disable=not progress or None):
         name, x = _load_query(q, int(getattr(metric, "min_size", 1)))
