@@ -59,14 +59,26 @@ def api_distance(metric, a, b):
         return float(metric(rio.load_image(a), rio.load_image(b)))
 
 
+
+@pytest.fixture(autouse=True)
+def _effnet_default(monkeypatch):
+    """These tests check CLI mechanics against effnet-lite0-cosine (their expected numbers are computed with it)."""
+    from robustsim import hub
+
+    monkeypatch.setattr(hub, "DEFAULT_MODEL", "effnet-lite0-cosine")
+
 # --------------------------------------------------------------------------- models
 
 
 def test_models_lists_names_weights_and_default(capsys):
     code, out, _ = run(capsys, "models")
     assert code == 0
-    line = next(ln for ln in out.splitlines() if ln.startswith("effnet-lite0-cosine"))
+    from robustsim import hub
+
+    line = next(ln for ln in out.splitlines() if ln.startswith(hub.DEFAULT_MODEL + " ") or ln.startswith(hub.DEFAULT_MODEL + "*"))
     assert "*" in line and "local" in line
+    effnet = next(ln for ln in out.splitlines() if ln.startswith("effnet-lite0-cosine"))
+    assert "local" in effnet
     code, out, _ = run(capsys, "models", "--json")
     rows = {r["name"]: r for r in json.loads(out)}
     assert set(rows) == set(robustsim.list_models())
