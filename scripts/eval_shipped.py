@@ -32,7 +32,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="JSON results (rewritten after every row)")
+    ap.add_argument("--md", default=None, help="also write the results as a Markdown table here")
+    ap.add_argument("--reuse-teacher", default=None,
+                    help="JSON of an earlier run with the same protocol: copy its teacher rows instead of recomputing")
+    ap.add_argument("--labels-cache", default=None, help="cache folder for the teacher's labels (TeacherSuite cache_dir)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -48,27 +52,67 @@ def main() -> None:
     t0 = time.perf_counter()
     suites = {
         "teacher-labelled": TeacherSuite(teacher, n=args.n, size=size, split="heldout", seed=args.seed,
-                                         extra_dirs=args.extra),
+                                         extra_dirs=args.extra, cache_dir=args.labels_cache),
         "ordering": OrderingSuite(n=args.n, size=size, split="heldout", seed=args.seed, extra_dirs=args.extra),
     }
     attack = AttackSpec("apgd-ce", "l2", eps, "ref", args.steps)
     out = {"student": args.student, "teacher": args.teacher, "size": size, "n": args.n, "n_attack": args.n_attack,
            "steps": args.steps, "eps": eps, "extra": args.extra, "results": {}}
+    reused = {}
+    if args.reuse_teacher:
+        old = json.loads(Path(args.reuse_teacher).read_text())
+        same = ("teacher", "size", "n", "n_attack", "steps", "eps", "extra")
+        diff = [k for k in same if old.get(k) != out[k]]
+        if diff:
+            raise SystemExit(f"--reuse-teacher: {args.reuse_teacher} used another protocol ({', '.join(diff)} differ)")
+        reused = {k: v for k, v in old["results"].items() if k.endswith("/teacher")}
     for sname, suite in suites.items():
         for role, m in (("student", student), ("teacher", teacher)):
+            if f"{sname}/{role}" in reused:
+                out["results"][f"{sname}/{role}"] = dict(reused[f"{sname}/{role}"], reused_from=args.reuse_teacher)
+                continue
             nat = evaluate_2afc(m, suite, batch_size=16, certified=bool(m.certified), progress=True)
             att = evaluate_2afc(m, suite, batch_size=16, attack=attack, limit=args.n_attack, progress=True)
             row = {"natural": nat["natural"]["overall"], "natural_on_attacked_subset": att["natural"]["overall"],
-                   "attacked": {str(k): v["overall"] for k, v in att["attacked"].items()}}
+                   "attacked": {str(k): v["overall"] for k, v in att["attacked"]["eps"].items()}}
             if m.certified:
                 row["certified"] = nat["certified"]
             out["results"][f"{sname}/{role}"] = row
             print(sname, role, json.dumps(row)[:400], flush=True)
+            if args.out:  # partial results survive an interruption
+                Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     out["seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(out, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(text)
+    if args.md:
+        Path(args.md).write_text(markdown(out))
+        print(f"wrote {args.md}")
+
+
+def markdown(out: dict) -> str:
+    """The results as one table per suite: natural, attacked at each ε, certified at 36/72/108 /255."""
+    eps = [str(e).rstrip("0").rstrip(".") if "." in str(e) else str(e) for e in out["eps"]]
+    lines = []
+    for suite in ("teacher-labelled", "ordering"):
+        lines += [f"**{suite}** ({out['n']} held-out triplets; attacked: first {out['n_attack']}, "
+                  f"APGD-CE l2 on the reference, {out['steps']} iterations)", "",
+                  "| model | natural | natural (attacked subset) | " + " | ".join(f"APGD ε={e}" for e in eps)
+                  + " | certified 36/255 | 72/255 | 108/255 |",
+                  "|---|---:|---:|" + "---:|" * len(eps) + "---:|---:|---:|"]
+        for role in ("student", "teacher"):
+            r = out["results"].get(f"{suite}/{role}")
+            if r is None:
+                continue
+            name = out[role]
+            att = [f"{100 * r['attacked'][k]:.1f}%" for k in r["attacked"]]
+            cert = ([f"{100 * r['certified']['at'][k]['overall']:.1f}%" for k in ("36/255", "72/255", "108/255")]
+                    if r.get("certified") else ["—"] * 3)
+            lines.append(f"| {name} | {100 * r['natural']:.1f}% | {100 * r['natural_on_attacked_subset']:.1f}% | "
+                         + " | ".join(att) + " | " + " | ".join(cert) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -58,22 +58,32 @@ def cifar_photos(cifar_model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
-def test_apgd_ce_matches_or_beats_autoattack_on_a_real_cifar_model(cifar_model, cifar_photos, norm, eps):
+@pytest.mark.parametrize("norm,eps", [("linf", 0.25 / 255), ("l2", 0.05)])
+def test_apgd_ce_is_as_strong_as_autoattack_where_the_reference_leaves_some_images_robust(
+        cifar_model, cifar_photos, norm, eps):
+    """Our APGD-CE against pyautoattack's APGDAttack on the same 16 images, labels and iterations.
+
+    At the usual budgets (8/255 l-inf, 0.5 l2) both reach 0% robust accuracy on this model, which cannot
+    tell a weak attack from a strong one; these budgets are small enough that the reference leaves about
+    half of the images robust (measured: 50% for both; a one-step attack leaves 62.5%), so ours must
+    match it to within one image.
+    """
     from pyautoattack.autopgd_base import APGDAttack
 
-    x, y = cifar_photos
+    x, y = cifar_photos[0][:16], cifar_photos[1][:16]
     steps = 5  # the same (reduced) iteration count for both, to keep the test short on a CPU
     ours = attacks.apgd(cifar_model, x, y, norm=norm, eps=eps, steps=steps, seed=0)
     ref = APGDAttack(cifar_model, n_iter=steps, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, seed=0,
                      device="cpu").perturb(x, y)
     delta = (ours - x).flatten(1)
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
-    assert float(size.max()) <= eps * (1 + 1e-5) and float(ours.min()) >= 0 and float(ours.max()) <= 1
+    # float32 rounding of (x ± ε) - x is ~1e-8 absolute, which is more than 1e-5 relative at ε = 0.25/255
+    assert float(size.max()) <= eps * (1 + 1e-5) + 1e-7 and float(ours.min()) >= 0 and float(ours.max()) <= 1
     with torch.no_grad():
         acc_ours = float((cifar_model(ours).argmax(1) == y).float().mean()) * 100
         acc_ref = float((cifar_model(ref).argmax(1) == y).float().mean()) * 100
-    assert acc_ours <= acc_ref + 2, (acc_ours, acc_ref)
+    assert 20 <= acc_ref <= 80, f"the budget no longer discriminates: reference robust accuracy {acc_ref}%"
+    assert acc_ours <= acc_ref + 100 / 16 + 1e-6, (acc_ours, acc_ref)
 
 
 def _lpips_random_trunk():

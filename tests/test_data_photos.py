@@ -137,6 +137,38 @@ def test_teacher_suite_labels_follow_the_teacher():
     assert ds.ambiguous.dtype == torch.bool
 
 
+class _WeightedMSE(torch.nn.Module):
+    """A teacher with weights (so the cache key must see them) that counts its calls."""
+
+    name = "weighted-mse"
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([w, 1.0, 1.0]).view(1, 3, 1, 1))
+        self.calls = 0
+
+    def forward(self, x, y):
+        self.calls += 1
+        return ((x - y).pow(2) * self.w).flatten(1).mean(1)
+
+
+def test_teacher_labels_are_cached_by_items_and_teacher_weights(tmp_path):
+    kw = dict(n=6, size=32, seed=3, batch_size=4, progress=False, cache_dir=tmp_path)
+    first = P.TeacherSuite(_WeightedMSE(5.0), **kw)
+    assert len(list(tmp_path.glob("teacher-labels-*.pt"))) == 1
+    again_teacher = _WeightedMSE(5.0)
+    again = P.TeacherSuite(again_teacher, **kw)
+    assert again_teacher.calls == 0  # read back, not recomputed
+    assert torch.equal(again.d0, first.d0) and torch.equal(again.d1, first.d1)
+    assert torch.equal(again.labels, first.labels)
+    other_teacher = _WeightedMSE(0.01)  # other weights: other labels, another cache file
+    other = P.TeacherSuite(other_teacher, **kw)
+    assert other_teacher.calls > 0 and not torch.equal(other.d0, first.d0)
+    other_items = P.TeacherSuite(_WeightedMSE(5.0), **{**kw, "seed": 4})
+    assert not torch.equal(other_items.d0, first.d0)
+    assert len(list(tmp_path.glob("teacher-labels-*.pt"))) == 3
+
+
 def test_random_crops_use_train_photos_only_and_jitter():
     rc = P.RandomCrops(n=12, size=40, jitter_view=True, seed=2)
     assert not {s.name for s in rc.sources} & set(P.HELDOUT)

@@ -160,20 +160,30 @@ def strict_load(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: s
     misshapen = sorted(
         f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in set(own) & set(state) if state[k].shape != own[k].shape
     )
-    if missing or unexpected or misshapen:
-
-        def show(keys: List[str]) -> str:
-            return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if misshapen:
-            parts.append(f"wrong shapes: {show(misshapen)}")
-        raise WeightsError(f"{what} does not fit this model: " + "; ".join(parts))
+    check_keys(what, "this model", missing, unexpected, misshapen)
     module.load_state_dict(state, strict=True)
+
+
+def show_keys(keys: List[str], n: int = 6) -> str:
+    """The first n keys, then how many more: an error line stays readable for a large state dict."""
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def check_keys(what: str, target: str, missing: List[str], unexpected: List[str], misshapen: List[str],
+               problems: Optional[List[str]] = None) -> None:
+    """Raise one WeightsError, "<what> does not fit <target>: missing keys: ...; unexpected keys: ...;
+    wrong shapes: ...; <problems>", when any list is non-empty (the lists are shown in the given order)."""
+    if not (missing or unexpected or misshapen or problems):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {show_keys(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {show_keys(unexpected)}")
+    if misshapen:
+        parts.append(f"wrong shapes: {show_keys(misshapen)}")
+    parts += problems or []
+    raise WeightsError(f"{what} does not fit {target}: " + "; ".join(parts))
 
 
 # --------------------------------------------------------------------------- registry

@@ -15,8 +15,10 @@ from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..io import check_images
 
 NORMS = ("linf", "l2")
 _NORM_ALIASES = {"linf": "linf", "l-inf": "linf", "inf": "linf", "l2": "l2", "2": "l2"}
@@ -203,6 +205,76 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     return gen
 
 
+def check_budget(norm: str, eps: float, steps: int, restarts: int, center: torch.Tensor, seed: int):
+    """The checks and set-up every optimiser entry point starts with, in one place so they cannot drift.
+
+    Returns (norm, eps, steps, restarts, generator), validated in that order of checks: norm, steps and
+    restarts, then ε against the diameter of one perturbed image of ``center`` (B×K×C×H×W).
+    """
+    norm = check_norm(norm)
+    steps, restarts = check_steps(steps, restarts)
+    eps = check_eps(eps, norm, center[0, 0].numel())
+    return norm, eps, steps, restarts, make_generator(seed, center.device)
+
+
+class RunTracker:
+    """Book-keeping shared by the iterative runs (PGD, APGD) on a batch of B rows.
+
+    Evaluates the objective at the start point, then keeps each row's best-loss point and its first
+    success; with early stopping (and a success criterion) broken rows leave the active set. After
+    construction ``loss`` and ``grad`` hold the first evaluation (the run may update ``grad`` in place).
+    """
+
+    def __init__(self, objective: Objective, x: torch.Tensor, early_stop: bool):
+        b, dev = x.shape[0], x.device
+        self.b, self.device = b, dev
+        self.loss, succ, self.grad = value_and_grad(objective, x, torch.arange(b, device=dev), first=True)
+        self.has_success = succ is not None
+        if not self.has_success:
+            succ = torch.zeros(b, dtype=torch.bool, device=dev)
+        self.by_success = early_stop and self.has_success
+        self.best_loss, self.x_best = self.loss.clone(), x.clone()
+        self.found, self.x_found, self.succ_best = succ.clone(), x.clone(), succ.clone()
+
+    def iterations(self, steps: int, desc: str, progress: bool):
+        """Yield (i, active mask, active indices) for each step; stops early once no row is active."""
+        for i in tqdm(range(steps), desc=desc, leave=False, disable=not progress):
+            if self.by_success:
+                active = ~self.found
+            else:
+                active = torch.ones(self.b, dtype=torch.bool, device=self.device)
+            a = active.nonzero().squeeze(1)
+            if a.numel() == 0:
+                return
+            yield i, active, a
+
+    def step(self, objective: Objective, x: torch.Tensor, a: torch.Tensor, z: torch.Tensor):
+        """Move rows ``a`` of the iterate x to z, evaluate there (``grad`` updated) and record the result.
+
+        Returns (loss, gradient) at z and the mask of rows whose best point improved.
+        """
+        x[a] = z
+        la, sa, ga = value_and_grad(objective, z, a)
+        self.grad[a] = ga
+        return la, ga, self.record(a, la, sa, z)
+
+    def record(self, a: torch.Tensor, loss: torch.Tensor, success: Optional[torch.Tensor],
+               z: torch.Tensor) -> torch.Tensor:
+        """Take rows ``a``'s new iterate z with its loss/success; returns the mask of rows whose best improved."""
+        better = loss > self.best_loss[a]
+        rows = a[better]
+        self.best_loss[rows], self.x_best[rows] = loss[better], z[better]
+        if self.has_success:
+            self.succ_best[rows] = success[better]
+            new = success & ~self.found[a]
+            self.x_found[a[new]] = z[new]
+            self.found[a[new]] = True
+        return better
+
+    def result(self) -> AttackResult:
+        return finish_run(self.by_success, self.found, self.x_found, self.x_best, self.best_loss, self.succ_best)
+
+
 def run_restarts(run_once, center: torch.Tensor, restarts: int, early_stop: bool, objective: Objective) -> AttackResult:
     """Call ``run_once(objective_on_subset, center_subset, restart)`` for each restart and merge.
 
@@ -258,6 +330,27 @@ class ClassifierObjective:
         logits = self.logits(z)
         y = self.y[idx]
         return self.loss_fn(logits, y), margin(logits.detach(), y) < 0
+
+
+def check_any_images(x: torch.Tensor) -> torch.Tensor:
+    """Classifiers may take any channel count (MNIST); still require a float batch in [0, 1]."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3:
+        return check_images(x, "x")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise InputError("x: expected a float batch N×C×H×W in [0, 1]")
+    if not bool(torch.isfinite(x).all()) or float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
+        raise InputError("x: values must be finite and lie in [0, 1]")
+    return x
+
+
+def attack_classifier(maximize_fn, classifier: torch.nn.Module, x: torch.Tensor, y: Optional[torch.Tensor],
+                      loss: LossSpec, return_result: bool, **kwargs):
+    """Shared front end of the classifier attacks: validate x and y, run ``maximize_fn`` on the
+    classifier objective over x as N×1×C×H×W, return the AttackResult or x_adv (N×C×H×W)."""
+    x = check_any_images(x)
+    y = check_labels(classifier, x, y)
+    res = maximize_fn(ClassifierObjective(classifier, y, loss), x[:, None], early_stop=True, **kwargs)
+    return res if return_result else res.x_adv[:, 0]
 
 
 def check_labels(model: torch.nn.Module, x: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:

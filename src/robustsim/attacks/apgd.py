@@ -24,25 +24,19 @@ import math
 from typing import List, Optional
 
 import torch
-from tqdm.auto import tqdm
 
-from ..io import check_images
 from ._common import (
     AttackResult,
-    ClassifierObjective,
     LossSpec,
     Objective,
+    RunTracker,
     ascent_direction,
-    check_eps,
-    check_labels,
-    check_norm,
-    check_steps,
-    finish_run,
-    make_generator,
+    attack_classifier,
+    check_any_images,
+    check_budget,
     project,
     random_start,
     run_restarts,
-    value_and_grad,
     _expand,
 )
 
@@ -79,69 +73,48 @@ def apgd_run(
     b = center.shape[0]
     dev = center.device
     x = random_start(center, eps, norm, gen) if x_init is None else project(x_init, center, eps, norm)
-    allidx = torch.arange(b, device=dev)
-    loss, succ, grad = value_and_grad(objective, x, allidx, first=True)
-    has_success = succ is not None
-    if not has_success:
-        succ = torch.zeros(b, dtype=torch.bool, device=dev)
-
-    best_loss, x_best, grad_best = loss.clone(), x.clone(), grad.clone()
-    found = succ.clone()
-    succ_best = succ.clone()
-    x_found = x.clone()
-    last_loss = loss.clone()
+    t = RunTracker(objective, x, early_stop)
+    grad = t.grad
+    grad_best = grad.clone()
+    last_loss = t.loss.clone()
     x_prev = x.clone()
     step = torch.full((b,), 2.0 * eps, device=dev)
     n_incr = torch.zeros(b, device=dev)
     reduced_last = torch.zeros(b, dtype=torch.bool, device=dev)
-    best_at_last = best_loss.clone()
+    best_at_last = t.best_loss.clone()
     ckpts = checkpoints(steps)
     prev_ckpt = 0
 
-    for i in tqdm(range(steps), desc="apgd", leave=False, disable=not progress):
-        active = ~found if (early_stop and has_success) else torch.ones(b, dtype=torch.bool, device=dev)
-        a = active.nonzero().squeeze(1)
-        if a.numel() == 0:
-            break
-        xa, ga = x[a], grad[a]
-        z = project(xa + _expand(step[a], xa) * ascent_direction(ga, norm), center[a], eps, norm)
+    for i, active, a in t.iterations(steps, "apgd", progress):
+        xa = x[a]
+        z = project(xa + _expand(step[a], xa) * ascent_direction(grad[a], norm), center[a], eps, norm)
         if i > 0:
             z = project(xa + MOMENTUM * (z - xa) + (1 - MOMENTUM) * (xa - x_prev[a]), center[a], eps, norm)
         x_prev[a] = xa
-        x[a] = z
-        la, sa, ga = value_and_grad(objective, z, a)
-        grad[a] = ga
+        la, ga, better = t.step(objective, x, a, z)
         n_incr[a] += (la > last_loss[a]).float()
         last_loss[a] = la
-        better = la > best_loss[a]
-        rows = a[better]
-        best_loss[rows], x_best[rows], grad_best[rows] = la[better], z[better], ga[better]
-        if has_success:
-            succ_best[rows] = sa[better]
-        if has_success:
-            new = sa & ~found[a]
-            x_found[a[new]] = z[new]
-            found[a[new]] = True
+        grad_best[a[better]] = ga[better]
 
         if i + 1 in ckpts:
             span = i + 1 - prev_ckpt
             prev_ckpt = i + 1
             cond1 = n_incr < rho * span
-            cond2 = ~reduced_last & (best_loss <= best_at_last)
+            cond2 = ~reduced_last & (t.best_loss <= best_at_last)
             reduce = (cond1 | cond2) & active
             r = reduce.nonzero().squeeze(1)
             step[r] /= 2
-            x[r] = x_best[r]
-            x_prev[r] = x_best[r]
+            x[r] = t.x_best[r]
+            x_prev[r] = t.x_best[r]
             grad[r] = grad_best[r]
-            last_loss[r] = best_loss[r]
+            last_loss[r] = t.best_loss[r]
             reduced_last = torch.where(active, reduce, reduced_last)
-            best_at_last = torch.where(active, best_loss, best_at_last)
+            best_at_last = torch.where(active, t.best_loss, best_at_last)
             n_incr = torch.where(active, torch.zeros_like(n_incr), n_incr)
             if trace is not None:
                 trace.append((i + 1, step.clone(), reduce.clone()))
 
-    return finish_run(early_stop and has_success, found, x_found, x_best, best_loss, succ_best)
+    return t.result()
 
 
 def apgd_maximize(
@@ -156,10 +129,7 @@ def apgd_maximize(
     progress: bool = False,
 ) -> AttackResult:
     """APGD on any objective over a B×K×C×H×W variable (the engine behind every APGD entry point)."""
-    norm = check_norm(norm)
-    steps, restarts = check_steps(steps, restarts)
-    eps = check_eps(eps, norm, center[0, 0].numel())
-    gen = make_generator(seed, center.device)
+    norm, eps, steps, restarts, gen = check_budget(norm, eps, steps, restarts, center, seed)
 
     def once(obj, c, r):
         return apgd_run(obj, c, eps, norm, steps, gen, early_stop=early_stop, progress=progress)
@@ -186,23 +156,9 @@ def apgd(
     the others get their highest-loss point. ``return_result=True`` gives an :class:`AttackResult`
     (x_adv as N×1×C×H×W, success, loss) instead. The model is used as given (put it in eval mode).
     """
-    x = _check_any_images(x)
-    y = check_labels(classifier, x, y)
-    res = apgd_maximize(ClassifierObjective(classifier, y, loss), x[:, None], eps, norm, steps, restarts, seed,
-                        early_stop=True, progress=progress)
-    if return_result:
-        return res
-    return res.x_adv[:, 0]
+    return attack_classifier(apgd_maximize, classifier, x, y, loss, return_result, eps=eps, norm=norm, steps=steps,
+                             restarts=restarts, seed=seed, progress=progress)
 
 
-def _check_any_images(x: torch.Tensor) -> torch.Tensor:
-    """Classifiers may take any channel count (MNIST); still require a float batch in [0, 1]."""
-    from ..errors import InputError
-
-    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3:
-        return check_images(x, "x")
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise InputError("x: expected a float batch N×C×H×W in [0, 1]")
-    if not bool(torch.isfinite(x).all()) or float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
-        raise InputError("x: values must be finite and lie in [0, 1]")
-    return x
+# kept under its old name: other modules import it from here
+_check_any_images = check_any_images

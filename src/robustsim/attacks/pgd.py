@@ -12,24 +12,18 @@ import math
 from typing import Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from ._common import (
     AttackResult,
-    ClassifierObjective,
     LossSpec,
     Objective,
+    RunTracker,
     ascent_direction,
-    check_eps,
-    check_labels,
-    check_norm,
-    check_steps,
-    finish_run,
-    make_generator,
+    attack_classifier,
+    check_budget,
     project,
     random_start,
     run_restarts,
-    value_and_grad,
 )
 from ..errors import InputError
 
@@ -50,36 +44,15 @@ def pgd_run(
     progress: bool = False,
 ) -> AttackResult:
     """One PGD run over every row of ``center`` (B×K×C×H×W)."""
-    b = center.shape[0]
-    dev = center.device
     alpha0 = 2.5 * eps / steps if step_size is None else float(step_size)
     x = random_start(center, eps, norm, gen) if random_init else center.clone()
-    allidx = torch.arange(b, device=dev)
-    loss, succ, grad = value_and_grad(objective, x, allidx, first=True)
-    has_success = succ is not None
-    if not has_success:
-        succ = torch.zeros(b, dtype=torch.bool, device=dev)
-    best_loss, x_best = loss.clone(), x.clone()
-    found, x_found, succ_best = succ.clone(), x.clone(), succ.clone()
-    for i in tqdm(range(steps), desc="pgd", leave=False, disable=not progress):
-        active = ~found if (early_stop and has_success) else torch.ones(b, dtype=torch.bool, device=dev)
-        a = active.nonzero().squeeze(1)
-        if a.numel() == 0:
-            break
+    t = RunTracker(objective, x, early_stop)
+    grad = t.grad
+    for i, _, a in t.iterations(steps, "pgd", progress):
         alpha = alpha0 if schedule == "constant" else alpha0 * 0.5 * (1 + math.cos(math.pi * i / steps))
         z = project(x[a] + alpha * ascent_direction(grad[a], norm), center[a], eps, norm)
-        x[a] = z
-        la, sa, ga = value_and_grad(objective, z, a)
-        grad[a] = ga
-        better = la > best_loss[a]
-        best_loss[a[better]], x_best[a[better]] = la[better], z[better]
-        if has_success:
-            succ_best[a[better]] = sa[better]
-        if has_success:
-            new = sa & ~found[a]
-            x_found[a[new]] = z[new]
-            found[a[new]] = True
-    return finish_run(early_stop and has_success, found, x_found, x_best, best_loss, succ_best)
+        t.step(objective, x, a, z)
+    return t.result()
 
 
 def pgd_maximize(
@@ -96,14 +69,11 @@ def pgd_maximize(
     progress: bool = False,
 ) -> AttackResult:
     """PGD on any objective over a B×K×C×H×W variable."""
-    norm = check_norm(norm)
-    steps, restarts = check_steps(steps, restarts)
-    eps = check_eps(eps, norm, center[0, 0].numel())
+    norm, eps, steps, restarts, gen = check_budget(norm, eps, steps, restarts, center, seed)
     if schedule not in SCHEDULES:
         raise InputError(f"unknown step schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     if step_size is not None and not (float(step_size) > 0 and math.isfinite(float(step_size))):
         raise InputError(f"step_size must be a positive number, got {step_size!r}")
-    gen = make_generator(seed, center.device)
 
     def once(obj, c, r):
         return pgd_run(obj, c, eps, norm, steps, gen, step_size, schedule, early_stop=early_stop, progress=progress)
@@ -127,10 +97,6 @@ def pgd(
     progress: bool = False,
 ):
     """PGD against any nn.Module returning logits; returns x_adv (N×C×H×W). See :func:`apgd`."""
-    from .apgd import _check_any_images
-
-    x = _check_any_images(x)
-    y = check_labels(classifier, x, y)
-    res = pgd_maximize(ClassifierObjective(classifier, y, loss), x[:, None], eps, norm, steps, restarts, seed,
-                       step_size, schedule, early_stop=True, progress=progress)
-    return res if return_result else res.x_adv[:, 0]
+    return attack_classifier(pgd_maximize, classifier, x, y, loss, return_result, eps=eps, norm=norm, steps=steps,
+                             restarts=restarts, seed=seed, step_size=step_size, schedule=schedule,
+                             progress=progress)

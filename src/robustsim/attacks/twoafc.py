@@ -85,7 +85,42 @@ def check_label(label, n: int, device) -> torch.Tensor:
     return lab.long()
 
 
-class TwoAFCThreat:
+def _check_run(norm: str, method: str, steps: int, restarts: int, target: Optional[str] = None):
+    """The option checks every threat-model attack starts with (target: a 2AFC target to check too)."""
+    norm = check_norm(norm)
+    method = check_method(method)
+    if target is not None:
+        target = check_target(target)
+    steps, restarts = check_steps(steps, restarts)
+    return norm, method, target, steps, restarts
+
+
+class _SlotThreat:
+    """A threat model over fixed images ``self.images`` (B×S×C×H×W) of which ``self.slots`` are perturbed."""
+
+    images: torch.Tensor
+    slots: Tuple[int, ...]
+
+    def center(self) -> torch.Tensor:
+        return self.images[:, list(self.slots)]
+
+    def assemble(self, z: torch.Tensor, idx: torch.Tensor):
+        """The S images of rows idx, the perturbed slots taken from z."""
+        imgs = [self.images[idx, k] for k in range(self.images.shape[1])]
+        for j, k in enumerate(self.slots):
+            imgs[k] = z[:, j]
+        return imgs
+
+    def attack(self, method: str, eps: float, norm: str, steps: int, restarts: int, seed: int, early_stop: bool,
+               progress: bool):
+        """Run the optimiser on this objective; the S images of every row with the answer in place (detached)."""
+        eps = check_eps(eps, norm, self.images[0, 0].numel())
+        res = maximize(method, self, self.center(), eps, norm, steps, restarts, seed, early_stop, progress)
+        idx = torch.arange(res.x_adv.shape[0], device=res.x_adv.device)
+        return [t.detach() for t in self.assemble(res.x_adv, idx)]
+
+
+class TwoAFCThreat(_SlotThreat):
     """A metric and a batch of triplets as a 2-logit objective over the perturbed image(s).
 
     Call it as ``objective(z, idx)`` with z of shape B×K×3×H×W (K = 1, or 2 for "x0+x1") and idx the
@@ -111,21 +146,11 @@ class TwoAFCThreat:
         self.clean_decision = (d1 < d0).long()
         self.label = self.clean_decision.clone() if label is None else check_label(label, ref.shape[0], ref.device)
 
-    def center(self) -> torch.Tensor:
-        return self.images[:, list(self.slots)]
-
     def distances(self, ref, x0, x1) -> Tuple[torch.Tensor, torch.Tensor]:
         """d(ref, x0), d(ref, x1) through the public metric call (validated inputs)."""
         n = ref.shape[0]
         d = self.metric(torch.cat([ref, ref]), torch.cat([x0, x1]))
         return d[:n], d[n:]
-
-    def assemble(self, z: torch.Tensor, idx: torch.Tensor):
-        """(ref', x0', x1') for rows idx, the perturbed slots taken from z."""
-        imgs = [self.images[idx, k] for k in range(3)]
-        for j, k in enumerate(self.slots):
-            imgs[k] = z[:, j]
-        return imgs
 
     def logits(self, z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         r, a, b = self.assemble(z, idx)
@@ -196,16 +221,10 @@ def run_2afc(
     ``early_stop=False`` keeps optimising flipped triplets too (to maximise the loss, e.g. to probe a
     certificate's margin), returning the highest-loss point for every triplet.
     """
-    norm = check_norm(norm)
-    method = check_method(method)
-    target = check_target(target)
-    steps, restarts = check_steps(steps, restarts)
+    norm, method, target, steps, restarts = _check_run(norm, method, steps, restarts, target)
     make_loss(loss)
     threat = TwoAFCThreat(metric, ref, x0, x1, label, target, loss)
-    eps = check_eps(eps, norm, threat.images[0, 0].numel())
-    res = maximize(method, threat, threat.center(), eps, norm, steps, restarts, seed, early_stop, progress)
-    idx = torch.arange(res.x_adv.shape[0], device=res.x_adv.device)
-    r, a, b = (t.detach() for t in threat.assemble(res.x_adv, idx))
+    r, a, b = threat.attack(method, eps, norm, steps, restarts, seed, early_stop, progress)
     with torch.no_grad():
         d0, d1 = threat.distances(r, a, b)
     flipped = (torch.where(threat.label == 0, d1 < d0, d0 < d1))
@@ -242,7 +261,7 @@ def attack_2afc(
     return res.ref, res.x0, res.x1
 
 
-class PairThreat:
+class PairThreat(_SlotThreat):
     """d(x', y') pushed up or down; success (with a threshold τ) once d crosses τ."""
 
     def __init__(self, metric: Metric, x, y, direction: str = "up", target: str = "x",
@@ -265,15 +284,6 @@ class PairThreat:
         self.slots = {"x": (0,), "y": (1,), "both": (0, 1)}[self.target]
         with torch.no_grad():
             self.clean_d = metric(x, y)
-
-    def center(self) -> torch.Tensor:
-        return self.images[:, list(self.slots)]
-
-    def assemble(self, z, idx):
-        imgs = [self.images[idx, 0], self.images[idx, 1]]
-        for j, k in enumerate(self.slots):
-            imgs[k] = z[:, j]
-        return imgs
 
     def __call__(self, z, idx):
         a, b = self.assemble(z, idx)
@@ -298,14 +308,9 @@ def run_pair(metric: Metric, x, y, direction: str = "up", target: str = "x", nor
              method: str = "apgd", steps: int = 100, restarts: int = 1, seed: int = 0,
              threshold: Optional[float] = None, progress: bool = False) -> PairAttackResult:
     """Push d(x, y) up or down within the budget; the full result (see :func:`attack_pair`)."""
-    norm = check_norm(norm)
-    method = check_method(method)
-    steps, restarts = check_steps(steps, restarts)
+    norm, method, _, steps, restarts = _check_run(norm, method, steps, restarts)
     threat = PairThreat(metric, x, y, direction, target, threshold)
-    eps = check_eps(eps, norm, threat.images[0, 0].numel())
-    res = maximize(method, threat, threat.center(), eps, norm, steps, restarts, seed, True, progress)
-    idx = torch.arange(res.x_adv.shape[0], device=res.x_adv.device)
-    a, b = (t.detach() for t in threat.assemble(res.x_adv, idx))
+    a, b = threat.attack(method, eps, norm, steps, restarts, seed, True, progress)
     with torch.no_grad():
         d = metric(a, b)
     succ = None

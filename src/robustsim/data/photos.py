@@ -466,7 +466,36 @@ def _check_common(n: int, size: int, split: str) -> None:
         raise InputError(f"crop size must be at least 16 px, got {size}")
 
 
-class OrderingSuite(TripletDataset):
+class _CropSuite(TripletDataset):
+    """Shared set-up of the synthetic suites: n items drawn from (seed, index), each from a textured
+    crop of one photo of ``split``, distorted by kinds from :data:`DISTORTIONS`."""
+
+    def _setup(self, n, size, split, kinds, seed, extra_dirs, scale, include_gray, min_kinds: int = 1,
+               too_few: str = "") -> None:
+        _check_common(n, size, split)
+        self.kinds = list(kinds) if kinds else list(DISTORTIONS)
+        if len(self.kinds) < min_kinds:
+            raise InputError(too_few)
+        for k in self.kinds:
+            if k not in DISTORTIONS:
+                raise InputError(f"unknown distortion {k!r}; choose from {', '.join(DISTORTIONS)}")
+        self.sources = select_photos(split, extra_dirs, include_gray)
+        self.n, self.size, self.split, self.seed = int(n), int(size), split, int(seed)
+        self.scale = tuple(scale)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _draw(self, i: int, salt: str):
+        """(rng, crop, photo source) of item i: the item's own RNG, after drawing its crop."""
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        rng = _item_rng(self.seed, i, salt)
+        crop, src = textured_crop(self.sources, rng, self.size, self.scale)
+        return rng, crop, src
+
+
+class OrderingSuite(_CropSuite):
     """Reference crop + one distortion at two strengths; the weaker is the correct "closer".
 
     Args:
@@ -482,23 +511,11 @@ class OrderingSuite(TripletDataset):
                  seed: int = 0, extra_dirs: Optional[Iterable[PathLike]] = None,
                  weak: Tuple[float, float] = (0.05, 0.45), gap: Tuple[float, float] = (0.3, 0.55),
                  scale: Tuple[float, float] = (0.2, 0.6), include_gray: bool = False):
-        _check_common(n, size, split)
-        self.kinds = list(kinds) if kinds else list(DISTORTIONS)
-        for k in self.kinds:
-            if k not in DISTORTIONS:
-                raise InputError(f"unknown distortion {k!r}; choose from {', '.join(DISTORTIONS)}")
-        self.sources = select_photos(split, extra_dirs, include_gray)
-        self.n, self.size, self.split, self.seed = int(n), int(size), split, int(seed)
-        self.weak, self.gap, self.scale = tuple(weak), tuple(gap), tuple(scale)
-
-    def __len__(self) -> int:
-        return self.n
+        self._setup(n, size, split, kinds, seed, extra_dirs, scale, include_gray)
+        self.weak, self.gap = tuple(weak), tuple(gap)
 
     def _params(self, i: int):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        rng = _item_rng(self.seed, i, "ordering")
-        crop, src = textured_crop(self.sources, rng, self.size, self.scale)
+        rng, crop, src = self._draw(i, "ordering")
         kind = self.kinds[i % len(self.kinds)]
         s_weak = float(rng.uniform(*self.weak))
         s_strong = float(min(1.0, s_weak + rng.uniform(*self.gap)))
@@ -522,29 +539,16 @@ class OrderingSuite(TripletDataset):
         return {"photo": src.name, "kind": kind, "weak": sw, "strong": ss, "label": int(swap)}
 
 
-class _PairSuite(TripletDataset):
+class _PairSuite(_CropSuite):
     """Reference crop + two distortions of different kinds at independent strengths (unlabelled)."""
 
     def __init__(self, n, size, split, kinds, seed, extra_dirs, strength, scale, include_gray):
-        _check_common(n, size, split)
-        self.kinds = list(kinds) if kinds else list(DISTORTIONS)
-        if len(self.kinds) < 2:
-            raise InputError("a teacher-labelled suite needs at least two distortion kinds")
-        for k in self.kinds:
-            if k not in DISTORTIONS:
-                raise InputError(f"unknown distortion {k!r}; choose from {', '.join(DISTORTIONS)}")
-        self.sources = select_photos(split, extra_dirs, include_gray)
-        self.n, self.size, self.split, self.seed = int(n), int(size), split, int(seed)
-        self.strength, self.scale = tuple(strength), tuple(scale)
-
-    def __len__(self) -> int:
-        return self.n
+        self._setup(n, size, split, kinds, seed, extra_dirs, scale, include_gray, min_kinds=2,
+                    too_few="a teacher-labelled suite needs at least two distortion kinds")
+        self.strength = tuple(strength)
 
     def _params(self, i: int):
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        rng = _item_rng(self.seed, i, "teacher")
-        crop, src = textured_crop(self.sources, rng, self.size, self.scale)
+        rng, crop, src = self._draw(i, "teacher")
         a, b = rng.choice(len(self.kinds), size=2, replace=False)
         s0, s1 = (float(v) for v in rng.uniform(*self.strength, size=2))
         d0, d1 = (int(v) for v in rng.integers(2**62, size=2))
@@ -559,7 +563,9 @@ class TeacherSuite(_PairSuite):
     """Two distortions of different kinds; label = which one ``teacher`` finds closer to the reference.
 
     The teacher distances are computed once, in batches of ``batch_size``, at construction (shown with
-    a progress bar); images are regenerated on demand. Items whose teacher distances differ by less
+    a progress bar); images are regenerated on demand. With ``cache_dir`` they are also saved there,
+    keyed by a hash of the items and of the teacher's weights, and reused by the next suite with the
+    same key (labelling thousands of triplets costs minutes on a CPU). Items whose teacher distances differ by less
     than ``min_gap`` are kept but flagged in :attr:`ambiguous` (useful for filtering).
     """
 
@@ -567,11 +573,42 @@ class TeacherSuite(_PairSuite):
                  kinds: Optional[Sequence[str]] = None, seed: int = 0,
                  extra_dirs: Optional[Iterable[PathLike]] = None, strength: Tuple[float, float] = (0.15, 0.85),
                  scale: Tuple[float, float] = (0.2, 0.6), include_gray: bool = False, batch_size: int = 32,
-                 device: Optional[Union[str, torch.device]] = None, min_gap: float = 0.0, progress: bool = True):
+                 device: Optional[Union[str, torch.device]] = None, min_gap: float = 0.0, progress: bool = True,
+                 cache_dir: Optional[PathLike] = None):
         super().__init__(n, size, split, kinds, seed, extra_dirs, strength, scale, include_gray)
+        self.judge_name = getattr(teacher, "name", "") or type(teacher).__name__
+        cached = None
+        if cache_dir is not None:
+            cache_file = Path(cache_dir).expanduser() / f"teacher-labels-{self._labels_key(teacher)}.pt"
+            if cache_file.is_file():
+                cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+        if cached is not None and cached["d0"].shape == (self.n,):
+            self.d0, self.d1 = cached["d0"], cached["d1"]
+        else:
+            self.d0, self.d1 = self._judge(teacher, batch_size, device, progress)
+            if cache_dir is not None:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_file.with_suffix(".tmp")
+                torch.save({"d0": self.d0, "d1": self.d1}, tmp)
+                os.replace(tmp, cache_file)
+        self.labels = (self.d1 < self.d0).long()
+        self.ambiguous = (self.d0 - self.d1).abs() < min_gap
+
+    def _labels_key(self, teacher: torch.nn.Module) -> str:
+        """Hash of everything the teacher's distances depend on: the items (photos, kinds, seed, sizes)
+        and the teacher itself (its class, name and every parameter and buffer, byte for byte)."""
+        h = hashlib.sha256()
+        h.update(repr((type(teacher).__qualname__, self.judge_name, self.n, self.size, self.split, self.kinds,
+                       self.seed, self.strength, self.scale, sorted(s.path or s.name for s in self.sources))).encode())
+        for k, v in teacher.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:24]
+
+    def _judge(self, teacher, batch_size, device, progress) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's distances d(ref, x0), d(ref, x1) of every item, in batches."""
         from tqdm.auto import tqdm
 
-        self.judge_name = getattr(teacher, "name", "") or type(teacher).__name__
         d0s, d1s = [], []
         dev = torch.device(device) if device is not None else next(
             (p.device for p in teacher.parameters()), torch.device("cpu"))
@@ -590,9 +627,7 @@ class TeacherSuite(_PairSuite):
                     d = teacher(torch.cat([ref, ref]), torch.cat([x0, x1])).float().cpu()
                 d0s.append(d[:k])
                 d1s.append(d[k:])
-        self.d0, self.d1 = torch.cat(d0s), torch.cat(d1s)
-        self.labels = (self.d1 < self.d0).long()
-        self.ambiguous = (self.d0 - self.d1).abs() < min_gap
+        return torch.cat(d0s), torch.cat(d1s)
 
     def __getitem__(self, i: int):
         ref, x0, x1 = self.images(i)

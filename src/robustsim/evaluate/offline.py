@@ -64,13 +64,13 @@ OFFLINE_METRICS: Dict[str, Callable[[], Tuple[Any, str, int]]] = {
 class OfflinePlan:
     """Sizes of the offline run (the defaults keep it to minutes on 2 CPU cores)."""
 
-    n: int = 44  # 2AFC triplets (natural and certified): 4 per distortion kind
-    n_attack: int = 11  # triplets attacked (a prefix of the same suite: one per kind)
+    n: int = 110  # 2AFC triplets (natural and certified): 10 per distortion kind
+    n_attack: int = 22  # triplets attacked (a prefix of the same suite: two per kind)
     eps: Sequence[float] = (0.5, 1.0, 2.0, 3.0)
-    steps: int = 10  # APGD-CE iterations (the papers use 100)
-    n_embed: int = 8  # images for the embedding attack
+    steps: int = 20  # APGD-CE iterations (the papers use 100)
+    n_embed: int = 16  # images for the embedding attack
     embed_eps: Sequence[float] = (1.0,)
-    n_retrieval: int = 11
+    n_retrieval: int = 22
     retrieval_eps: float = 2.0
     seed: int = 0
     batch_size: int = 16
@@ -128,6 +128,7 @@ LipSim-CPU 128×128), seed {seed}. Attacked: APGD-CE, l2, reference perturbed, {
 sound radius of `robustsim.certify.two_afc`, reference perturbed. Embedding attack: l2 PGD, {n_embed} images.
 Retrieval: {n_ret} queries (weaker distortion) against their {n_ret} references, query attacked with l2 ε={reps:g}.
 Models with random weights are marked: their numbers test the pipeline, not the metric.
+The shipped model against its teacher (teacher-labelled triplets, more photos, 50 APGD iterations): docs/MODELS.md.
 Budgets are in [0, 1] pixel units at the metric's input size. Runtime per metric is in results.json."""
 
 

@@ -24,6 +24,18 @@ def _label(r: Dict[str, Any]) -> str:
     return f"{r['metric']} ({note})" if note else r["metric"]
 
 
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table: the header, the separator, then one line per row of formatted cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _having(results: Sequence[Dict[str, Any]], key: str) -> List[Dict[str, Any]]:
+    """The results that carry a (non-empty) ``key`` section."""
+    return [r for r in results if r.get(key)]
+
+
 def table_main(results: Sequence[Dict[str, Any]]) -> str:
     """Natural | attacked per ε | certified per ε, one row per metric (2AFC score in %)."""
     att_eps: List[str] = []
@@ -40,16 +52,17 @@ def table_main(results: Sequence[Dict[str, Any]]) -> str:
             if e not in cert_eps:
                 cert_eps.append(e)
     head = ["Metric", "n", "Natural"] + [f"{threat.split(' (')[0]} ε={e}" for e in att_eps] + [f"Certified ε={e}" for e in cert_eps]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in results:
         row = [_label(r), str(r["n"]), _pct(r["natural"]["overall"])]
         row += [_pct(((r.get("attacked") or {}).get("eps", {}).get(e) or {}).get("overall")) for e in att_eps]
         row += [_pct(((r.get("certified") or {}).get("at", {}).get(e) or {}).get("overall"))
                 if r.get("certified") else "n/a (not certified)" for e in cert_eps]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append(row)
+    table = _md_table(head, rows)
     if threat:
-        lines.append(f"\nAttack: {threat}. Certified: reference perturbed, sound radius of `robustsim.certify.two_afc`.")
-    return "\n".join(lines)
+        table += f"\n\nAttack: {threat}. Certified: reference perturbed, sound radius of `robustsim.certify.two_afc`."
+    return table
 
 
 def table_groups(results: Sequence[Dict[str, Any]]) -> str:
@@ -61,52 +74,44 @@ def table_groups(results: Sequence[Dict[str, Any]]) -> str:
                 groups.append(g)
     if not groups:
         return ""
-    head = ["Metric"] + groups + ["overall"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        row = [_label(r)] + [_pct(r["natural"]["groups"].get(g)) for g in groups] + [_pct(r["natural"]["overall"])]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    return _md_table(["Metric"] + groups + ["overall"],
+                     [[_label(r)] + [_pct(r["natural"]["groups"].get(g)) for g in groups] + [_pct(r["natural"]["overall"])]
+                      for r in results])
 
 
 def table_embedding(results: Sequence[Dict[str, Any]]) -> str:
-    rows = [r for r in results if r.get("embedding")]
+    rows = _having(results, "embedding")
     if not rows:
         return ""
-    lines = ["| Metric | ε | mean d(x, x+δ) | median | p95 | max |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        for e, s in r["embedding"]["eps"].items():
-            lines.append(f"| {_label(r)} | {e} | {s['mean']:.4f} | {s['median']:.4f} | {s['p95']:.4f} | {s['max']:.4f} |")
-    return "\n".join(lines)
+    return _md_table(["Metric", "ε", "mean d(x, x+δ)", "median", "p95", "max"],
+                     [[_label(r), e] + [f"{s[k]:.4f}" for k in ("mean", "median", "p95", "max")]
+                      for r in rows for e, s in r["embedding"]["eps"].items()])
 
 
 def table_retrieval(results: Sequence[Dict[str, Any]]) -> str:
-    rows = [r for r in results if r.get("retrieval")]
+    rows = _having(results, "retrieval")
     if not rows:
         return ""
     cert = sorted({k for r in rows for k in (r["retrieval"].get("top1_certified") or {})}, key=lambda s: float(s.split("/")[0]))
     head = ["Metric", "queries", "gallery", "top-1 clean", "top-1 attacked (ε)"] + [f"certified top-1 ε={e}" for e in cert]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    table = []
     for r in rows:
         t = r["retrieval"]
         row = [_label(r), str(t["n_queries"]), str(t["n_gallery"]), _pct(t["top1_clean"]),
                f"{_pct(t['top1_attacked'])} (ε={t['eps']:g})"]
         row += [_pct((t.get("top1_certified") or {}).get(e)) if t.get("top1_certified") else "n/a" for e in cert]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+        table.append(row)
+    return _md_table(head, table)
 
 
 def table_jnd(results: Sequence[Dict[str, Any]]) -> str:
-    rows = [r for r in results if r.get("jnd_map")]
+    rows = _having(results, "jnd_map")
     if not rows:
         return ""
     groups = sorted({g for r in rows for g in r["jnd_map"].get("groups", {})})
-    head = ["Metric"] + groups + ["JND mAP"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append("| " + " | ".join([_label(r)] + [_pct(r["jnd_map"]["groups"].get(g)) for g in groups]
-                                      + [_pct(r["jnd_map"]["overall"])]) + " |")
-    return "\n".join(lines)
+    return _md_table(["Metric"] + groups + ["JND mAP"],
+                     [[_label(r)] + [_pct(r["jnd_map"]["groups"].get(g)) for g in groups] + [_pct(r["jnd_map"]["overall"])]
+                      for r in rows])
 
 
 def markdown(results: Sequence[Dict[str, Any]], title: str = "Results", preamble: str = "") -> str:
@@ -129,17 +134,32 @@ def markdown(results: Sequence[Dict[str, Any]], title: str = "Results", preamble
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def plot_certified(results: Sequence[Dict[str, Any]], path: PathLike) -> Optional[Path]:
-    """Certified 2AFC accuracy vs ε for every certified result (solid: ours, dashed: the paper's radius)."""
-    rows = [r for r in results if r.get("certified")]
-    if not rows:
-        return None
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported only when a plot is drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    return plt
+
+
+def _save(fig, path: PathLike) -> Path:
+    """Write the figure (creating the folder) and free it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_certified(results: Sequence[Dict[str, Any]], path: PathLike) -> Optional[Path]:
+    """Certified 2AFC accuracy vs ε for every certified result (solid: ours, dashed: the paper's radius)."""
+    rows = _having(results, "certified")
+    if not rows:
+        return None
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
     for r in rows:
         c = r["certified"]
         eps255 = [e * 255 for e in c["eps"]]
@@ -153,25 +173,15 @@ def plot_certified(results: Sequence[Dict[str, Any]], path: PathLike) -> Optiona
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_embedding_hist(results: Sequence[Dict[str, Any]], path: PathLike) -> Optional[Path]:
     """Histograms of d(x, x+δ) after the embedding attack, one panel per metric, one colour per ε."""
-    rows = [r for r in results if r.get("embedding")]
+    rows = _having(results, "embedding")
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.2), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(rows), figsize=(4 * len(rows), 3.2), squeeze=False)
     for ax, r in zip(axes[0], rows):
         for e, s in r["embedding"]["eps"].items():
             ax.hist(s["distances"], bins=20, range=(0, max(1.0, s["max"])), alpha=0.5, label=f"ε={e}")
@@ -179,12 +189,7 @@ def plot_embedding_hist(results: Sequence[Dict[str, Any]], path: PathLike) -> Op
         ax.set_xlabel("d(x, x+δ)")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("images")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: str = "Results", preamble: str = "",

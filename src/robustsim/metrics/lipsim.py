@@ -217,7 +217,7 @@ def _spec(size: str) -> hub.ModelSpec:
 #: The shipped default (docs/MODELS.md): a CPU LipSim distilled from EfficientNet-Lite0 by our own recipes,
 #: inside the package so it works offline. Its sha256 is pinned; retraining changes it (update both).
 DEFAULT_ASSET = "lipsim_default.safetensors"
-DEFAULT_SHA256 = "0eb0049bfa435258ad3cec37a3eaf533c1b410658f3cd3f36d69f623a767f0e8"
+DEFAULT_SHA256 = "d0e638c08d65678036db34bfd38dfd09079b1f15424a293d5d2c5cc2f4b5a853"
 
 MODELS = [_spec(s) for s in OFFICIAL] + [
     hub.ModelSpec(

@@ -374,21 +374,8 @@ def from_reference_state(metric: LPIPS, state: Dict[str, torch.Tensor], what: st
     wanted = [k for k in own if (need_trunk and k.startswith("net.")) or (need_lin and k.startswith("lin"))]
     missing = [k for k in wanted if k not in mapped]
     shapes = [f"{origin[k]} {tuple(mapped[k].shape)} != {tuple(own[k].shape)}" for k in mapped if mapped[k].shape != own[k].shape]
-    if missing or unexpected or shapes or problems:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_show(sorted(unexpected))}")
-        if shapes:
-            parts.append(f"wrong shapes: {_show(shapes)}")
-        parts += problems
-        raise WeightsError(f"{what} does not fit LPIPS-{metric.net_name}: " + "; ".join(parts))
+    hub.check_keys(what, f"LPIPS-{metric.net_name}", missing, sorted(unexpected), shapes, problems)
     return mapped
-
-
-def _show(keys: List[str], n: int = 6) -> str:
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
 def _load_into(metric: LPIPS, mapped: Dict[str, torch.Tensor]) -> None:

@@ -129,6 +129,9 @@ class LossSection:
     """Fine-tuning loss (hinge on 2AFC margins)."""
 
     margin: float = 0.5  # LipSim 0.5, DreamSim 0.05
+    # > 0: certified hinge, the margin must also survive any l2 perturbation of the reference of this
+    # size (certify.two_afc's radius G·M/(K·C) >= cert_eps); 0 = the papers' plain hinge
+    cert_eps: float = 0.0
 
 
 @dataclass

@@ -5,7 +5,18 @@ closer to the reference than the other ("far") one by a margin m:
 
     loss = max(0, m - (d(ref, far) - d(ref, near)))
 
-m = 0.5 for LipSim, 0.05 for DreamSim (``loss.margin``). The judgment j (fraction preferring x1) picks
+m = 0.5 for LipSim, 0.05 for DreamSim (``loss.margin``).
+
+Certified hinge (ours, ``loss.cert_eps`` = ε > 0, Lipschitz metrics only). The plain hinge is blind to
+the scale of the raw features g, yet robustness is not: the exact 2AFC certificate
+(:func:`robustsim.certify.two_afc`) keeps a decision for every l2 perturbation of the reference of
+size < G·M/(K·C), with G = ||g(ref)||, M = d(ref, far) - d(ref, near), C = ||e_far - e_near|| and K
+the Lipschitz constant. Asking that radius to exceed ε is the same as asking M >= ε·K·C/G, so
+
+    loss = max(0, m + ε·K·C/G - M)
+
+trains the margin the certificate needs (the Lipschitz-margin idea of Tsuzuku et al. 2018 applied to
+the cosine 2AFC geometry). With ε = 0 it is the plain hinge. The judgment j (fraction preferring x1) picks
 near = x1 when j > 0.5, else x0. Any embedding metric can be fine-tuned (a LipSim saved by the
 distillation recipe, a hub model, or a fresh ``model.arch``); the result is saved as a robustsim
 ``.safetensors`` file.
@@ -15,9 +26,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..metrics.embedding import NORM_EPS
 from .common import Recipe
 from .config import RecipeConfig
 
@@ -36,6 +49,8 @@ class FinetuneRecipe(Recipe):
 
         if self.cfg.loss.margin < 0:
             raise InputError(f"loss.margin must be >= 0, got {self.cfg.loss.margin}")
+        if self.cfg.loss.cert_eps < 0:
+            raise InputError(f"loss.cert_eps must be >= 0, got {self.cfg.loss.cert_eps}")
         self._data = build_triplets(self.cfg.data, self.cfg.seed)
 
     def dataset(self):
@@ -55,6 +70,8 @@ class FinetuneRecipe(Recipe):
             raise InputError("finetune needs model.name (a saved .safetensors from distillation or a hub name) or model.arch")
         if not getattr(metric, "has_embedding", False):
             raise InputError(f"{type(metric).__name__} has no embedding; the hinge recipe fine-tunes embedding metrics")
+        if self.cfg.loss.cert_eps > 0 and not getattr(metric, "certified", False):
+            raise InputError(f"loss.cert_eps needs a Lipschitz (certified) metric; {type(metric).__name__} is not one")
         for p in metric.parameters():
             p.requires_grad_(True)
         return metric
@@ -62,17 +79,34 @@ class FinetuneRecipe(Recipe):
     def loss(self, module: nn.Module, batch):
         ref, x0, x1, judge = batch
         n = ref.shape[0]
-        e = module.embed_checked(torch.cat([ref, x0, x1])).float()
+        cert_eps = self.cfg.loss.cert_eps
+        x = torch.cat([ref, x0, x1])
+        if cert_eps > 0:
+            from ..certify import _raw_features
+
+            g = _raw_features(module, x).float()
+            G = g[:n].norm(dim=1)
+            e = F.normalize(g, dim=1, eps=NORM_EPS)
+            K = float(module.lipschitz) * float(module.resize.norm(tuple(ref.shape[-2:])))
+        else:
+            e = module.embed_checked(x).float()
         er, e0, e1 = e[:n], e[n:2 * n], e[2 * n:]
         d0 = (er - e0).pow(2).sum(1) / 2  # = 1 - cos, without cancellation
         d1 = (er - e1).pow(2).sum(1) / 2
         x1_near = judge > 0.5
         d_near = torch.where(x1_near, d1, d0)
         d_far = torch.where(x1_near, d0, d1)
-        loss = torch.relu(self.cfg.loss.margin - (d_far - d_near)).mean()
+        need = torch.full_like(d_near, self.cfg.loss.margin)
+        if cert_eps > 0:
+            chord = torch.where(x1_near[:, None], e1 - e0, e0 - e1).norm(dim=1)
+            need = need + cert_eps * K * chord / G.clamp_min(1e-6)
+        loss = torch.relu(need - (d_far - d_near)).mean()
         with torch.no_grad():
             acc = ((d_near < d_far).float()).mean()
-        return loss, {"2afc_acc": float(acc)}
+            logs = {"2afc_acc": float(acc)}
+            if cert_eps > 0:  # share of triplets whose certified radius already reaches cert_eps
+                logs["cert_acc"] = float((need - self.cfg.loss.margin < d_far - d_near).float().mean())
+        return loss, logs
 
     def export(self, module: nn.Module, out_dir: Path) -> Path:
         from ..hub import save

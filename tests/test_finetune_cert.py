@@ -1,0 +1,86 @@
+"""The certified hinge of the fine-tuning recipe (loss.cert_eps) agrees with the 2AFC certificate."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustsim import certify
+from robustsim.errors import InputError
+from robustsim.metrics.lipsim import LipSim
+from robustsim.train.finetune import FinetuneRecipe
+
+from test_train_support import tiny_config
+
+
+def _tiny_lipsim(seed: int) -> LipSim:
+    torch.manual_seed(seed)
+    return LipSim(input_size=32, stem="unshuffle2", channels=12, conv_depth=2, conv_inner=8, kernel_size=3,
+                  pool=(2,), linear_depth=2, linear_inner=32, embed_dim=64).eval()
+
+
+def _recipe(tmp_path, margin: float, cert_eps: float) -> FinetuneRecipe:
+    cfg = tiny_config("finetune", tmp_path / "ft", loss__margin=margin, loss__cert_eps=cert_eps)
+    return FinetuneRecipe(cfg)
+
+
+def _triplets(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.rand(n, 3, 32, 32, generator=g)
+    x0 = (ref + 0.15 * torch.randn(ref.shape, generator=g)).clamp(0, 1)
+    x1 = (ref + 0.15 * torch.randn(ref.shape, generator=g)).clamp(0, 1)
+    return ref, x0, x1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_zero_certified_hinge_means_certified_at_eps(tmp_path, seed):
+    """Per triplet (margin 0): loss == 0 exactly when certify.two_afc's exact radius reaches cert_eps.
+
+    Exact = without the float-error allowance (float_error=0); the sound default radius is smaller by
+    that allowance, so training at cert_eps certifies a little less than cert_eps."""
+    metric = _tiny_lipsim(seed)
+    ref, x0, x1 = _triplets(48, seed)
+    cert = certify.two_afc(metric, ref, x0, x1, float_error=0.0)
+    assert (certify.two_afc(metric, ref, x0, x1).radius <= cert.radius).all()
+    eps = float(cert.radius.median())  # half the triplets on each side
+    assert eps > 0
+    judge = cert.closer.float()  # the metric's own decision is the label: only the radius matters
+    recipe = _recipe(tmp_path, margin=0.0, cert_eps=eps)
+    losses = []
+    with torch.no_grad():
+        for i in range(ref.shape[0]):
+            loss, logs = recipe.loss(metric, (ref[i:i + 1], x0[i:i + 1], x1[i:i + 1], judge[i:i + 1]))
+            losses.append(float(loss))
+            assert logs["cert_acc"] == float(loss == 0)
+    losses = torch.tensor(losses)
+    r = cert.radius.float()
+    clear = (r - eps).abs() > 1e-4 * eps  # away from the boundary (float32 loss vs float64 certificate)
+    assert clear.sum() >= 40
+    assert torch.equal((losses == 0)[clear], (r >= eps)[clear])
+    assert (losses > 0).any() and (losses == 0).any()
+
+
+def test_cert_eps_zero_is_the_plain_hinge(tmp_path):
+    metric = _tiny_lipsim(3)
+    ref, x0, x1 = _triplets(16, 3)
+    judge = torch.rand(16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain, logs = _recipe(tmp_path, 0.05, 0.0).loss(metric, (ref, x0, x1, judge))
+        e = metric.embed(torch.cat([ref, x0, x1]))
+        d0 = (e[:16] - e[16:32]).pow(2).sum(1) / 2
+        d1 = (e[:16] - e[32:]).pow(2).sum(1) / 2
+        near, far = torch.where(judge > 0.5, d1, d0), torch.where(judge > 0.5, d0, d1)
+        expected = torch.relu(0.05 - (far - near)).mean()
+        certified, _ = _recipe(tmp_path, 0.05, 0.5).loss(metric, (ref, x0, x1, judge))
+    assert "cert_acc" not in logs
+    assert float(plain) == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
+    assert float(certified) > float(plain)  # the certificate asks for more margin
+
+
+def test_cert_eps_is_validated(tmp_path):
+    with pytest.raises(InputError, match="cert_eps must be >= 0"):
+        _recipe(tmp_path, 0.05, -0.1).setup(None)
+    recipe = _recipe(tmp_path, 0.05, 0.5)
+    recipe.cfg.model.name = "effnet-lite0-cosine"
+    recipe.cfg.model.arch = {}
+    with pytest.raises(InputError, match="needs a Lipschitz"):
+        recipe.build(torch.device("cpu"))
