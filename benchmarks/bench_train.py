@@ -229,13 +229,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--experiment", choices=["rlpips", "lipsim"], help="run a small-scale training experiment instead")
     ap.add_argument("--out", default="runs/experiments")
+    ap.add_argument("--steps", type=int, default=None, help="experiment training steps (rlpips: 120; lipsim distillation: 200)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.experiment == "rlpips":
-        experiment_rlpips(args.out)
+        experiment_rlpips(args.out, **({"steps": args.steps} if args.steps else {}))
         return 0
     if args.experiment == "lipsim":
-        experiment_lipsim(args.out)
+        experiment_lipsim(args.out, **({"distill_steps": args.steps} if args.steps else {}))
         return 0
     os.environ.setdefault("ROBUSTSIM_OFFLINE", "1")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
