@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import importlib
 import json
+import os
 import socket
 import threading
 from pathlib import Path
@@ -278,6 +279,10 @@ def test_save_load_roundtrip_keeps_config(tmp_path):
     header = hub.read_saved_header(path)
     assert header["class"] == "robustsim.metrics.effnet:EffNetCosine"
     assert header["config"] == {"variant": "lite0", "resize_mode": "bilinear", "antialias": False, "min_size": 32}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # shareable like any output, not owner-only
+    assert not list(path.parent.glob("*.tmp"))
     again = robustsim.load(str(path))
     assert again.name == "my-metric" and again.config() == m.config() and not again.training
     x, y = torch.rand(2, 3, 40, 40), torch.rand(2, 3, 40, 40)

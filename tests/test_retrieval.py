@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -123,12 +124,39 @@ def test_top1_certificate_matches_certify_top1(built, metric, crops):
     assert r.top1_radius > 0
 
 
+def test_ivf_list_bounds_follow_edits(metric, crops):
+    """The cached IVF lists behind certified pruning are rebuilt after every edit (stale lists are unsound)."""
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(300, 32))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    ix = Index(metric_name="tiny-lipsim", weights_sha256=weights_hash(metric), dim=32, certified=True, kind="ivf",
+               params={"nlist": 8, "nprobe": 1})
+    ix.add_embeddings([f"v{i}" for i in range(200)], v[:200])
+    first = ix.ivf_lists()
+    assert ix.ivf_lists() is first and len(first[1]) == 200  # cached while the index is unchanged
+    ix.add_embeddings([f"v{i}" for i in range(200, 300)], v[200:])
+    cent, assign, rad = ix.ivf_lists()
+    assert len(assign) == 300
+    members = ix.embeddings.astype(np.float64)
+    assert np.all(np.linalg.norm(members - cent[assign], axis=1) <= rad[assign] + 1e-12)
+    ix.remove([f"v{i}" for i in range(50)])
+    assert len(ix.ivf_lists()[1]) == 250
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @pytest.mark.parametrize("kind,params", [("exact", {}), ("ivf", {"nlist": 4, "nprobe": 1}), ("hnsw", {"M": 8})])
 def test_reloaded_index_answers_identically(tmp_path, metric, folder, crops, kind, params):
     ix = build_index(metric, folder, kind=kind, progress=False, **params)
     qs = _queries(crops, n=3)
     before = [r.to_dict() for r in search(ix, metric, qs, k=4, tau=0.05)]
     path = ix.save(tmp_path / "g.rsidx")
+    assert path.stat().st_mode & 0o044 == 0o044 & ~_umask()  # not owner-only (mkstemp's mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["g.rsidx"]  # no temporary file left behind
     again = load_index(path)
     assert again.paths == ix.paths and again.kind == kind
     np.testing.assert_array_equal(again.embeddings, ix.embeddings)

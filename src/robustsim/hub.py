@@ -305,8 +305,20 @@ def save(metric, path: PathLike, **metadata: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata={"robustsim": json.dumps(header), **metadata})
-    os.replace(tmp, path)
+    publish(tmp, path)
     return path
+
+
+def publish(tmp: Union[str, Path], path: Union[str, Path]) -> None:
+    """Atomically move a finished temporary file into place with the usual mode (0666 minus the umask).
+
+    safetensors and ``tempfile.mkstemp`` create files readable by their owner only; a saved model or index
+    is meant to be shared like any other output file.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
 
 
 def read_saved_header(path: PathLike) -> Dict[str, Any]:

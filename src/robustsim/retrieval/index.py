@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..io import IMAGE_SUFFIXES, check_images, load_image
+from ..hub import publish
 from ..metrics.embedding import NORM_EPS, EmbeddingMetric
 
 FORMAT = "robustsim-index/1"
@@ -128,6 +129,7 @@ class Index:
     metric_ref: str = ""
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     _faiss_index: Any = None
+    _ivf_lists: Any = None  # cache of ivf_lists(); dropped on every edit
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -190,7 +192,10 @@ class Index:
         """(centroids L×D float64, list of each row (M,), radius of each list = max ||b - centroid||).
 
         Used for sound pruning: for a unit query u, every b in list l has <u, b> <= <u, c_l> + r_l.
+        Computed once per state of the index (assigning every row costs one coarse search of the gallery).
         """
+        if self._ivf_lists is not None:
+            return self._ivf_lists
         ix = self.faiss_index
         faiss = _faiss()
         ivf = faiss.extract_index_ivf(ix)
@@ -201,7 +206,8 @@ class Index:
         dist = np.linalg.norm(e - cent[assign], axis=1)
         rad = np.zeros(ivf.nlist)
         np.maximum.at(rad, assign, dist)
-        return cent, assign, rad
+        self._ivf_lists = (cent, assign, rad)
+        return self._ivf_lists
 
     # ------------------------------------------------------------------ editing
     def add_images(self, metric: Any, files: Iterable[PathLike], batch_size: int = 32, progress: bool = True,
@@ -238,6 +244,7 @@ class Index:
         if emb.shape[1] != self.dim:
             raise InputError(f"embedding dimension mismatch: index has {self.dim}, new embeddings have {emb.shape[1]}")
         self.paths += paths
+        self._ivf_lists = None
         self.embeddings = np.concatenate([self.embeddings, emb.astype(np.float32)])
         self.gnorms = np.concatenate([self.gnorms, gn.astype(np.float64)])
         if self._faiss_index is not None:
@@ -262,6 +269,7 @@ class Index:
         if n == 0:
             return 0
         self.paths = [self.paths[i] for i in keep]
+        self._ivf_lists = None
         self.embeddings = self.embeddings[keep]
         self.gnorms = self.gnorms[keep]
         if self._faiss_index is not None:
@@ -296,7 +304,7 @@ class Index:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata={"robustsim-index": json.dumps(meta)})
-            os.replace(tmp, path)
+            publish(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -380,7 +388,7 @@ def build_index(metric: Any, folder: PathLike, kind: str = "exact", batch_size: 
     ix.add_images(metric, files, batch_size=batch_size, progress=progress)
     if len(ix) == 0:
         raise InputError(f"{folder}: none of the {len(files)} image files could be read")
-    ix._faiss_index = ix._build_faiss(train=True)
+    ix._faiss_index, ix._ivf_lists = ix._build_faiss(train=True), None
     return ix
 
 

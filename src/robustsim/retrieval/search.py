@@ -18,8 +18,9 @@ competitor c bounds the answer by ``s = min(1, m_c/||a - c||) >= sin ψ_c``, eve
 ``m_b >= s + sqrt(s² + 4κ)`` cannot lower the radius (nor be the top-1). For IVF we find *all* such b
 soundly from the coarse lists: every b in list l satisfies ``<u, b> <= <u, c_l> + r_l`` (c_l the
 centroid, r_l the largest distance of a member to it, Cauchy-Schwarz with ||u|| = 1), so only lists
-whose bound reaches ``<u, a> - t`` are scanned (repeated if a better top-1 turns up). HNSW has no
-such bound, so its certificates scan every stored vector (exact scores, chunked).
+whose bound reaches ``<u, a> - t`` are scanned (repeated if a better top-1 turns up; once 80% of the
+gallery qualifies, all of it is scored in one exact pass, which is cheaper than gathering the rows).
+HNSW has no such bound, so its certificates scan every stored vector (exact scores, chunked).
 """
 from __future__ import annotations
 
@@ -104,6 +105,8 @@ def _ivf_candidates(ix: Index, lists, u: np.ndarray, start: np.ndarray) -> np.nd
         new = np.union1d(cand, rows)
         if len(new) == len(cand):
             return cand
+        if 5 * len(new) >= 4 * len(ix.embeddings):  # pruning no longer pays: score everything (a sound superset)
+            return np.arange(len(ix.embeddings))
         cand = new
 
 
@@ -193,7 +196,8 @@ def search(ix: Index, metric: Any, queries: Sequence[Union[str, torch.Tensor]], 
             rel = certify.feature_error_allowance(metric, torch.float32, ix.dim)
             if ix.kind == "ivf":
                 rows = _ivf_candidates(ix, lists, u, cand)
-                gal = emb_t[torch.from_numpy(rows)]
+                gal = emb_t[torch.from_numpy(rows)] if len(rows) < len(ix) else emb_t
+                rows = rows if len(rows) < len(ix) else None
             else:
                 rows, gal = None, emb_t
             c = certify.top1_radius(g[None], gal, lipschitz=K, rel_error=rel, gallery_error=_gallery_error(ix.dim))
