@@ -57,11 +57,11 @@ def main() -> None:
     }
     attack = AttackSpec("apgd-ce", "l2", eps, "ref", args.steps)
     out = {"student": args.student, "teacher": args.teacher, "size": size, "n": args.n, "n_attack": args.n_attack,
-           "steps": args.steps, "eps": eps, "extra": args.extra, "results": {}}
+           "steps": args.steps, "eps": eps, "extra": args.extra, "seed": args.seed, "results": {}}
     reused = {}
     if args.reuse_teacher:
         old = json.loads(Path(args.reuse_teacher).read_text())
-        same = ("teacher", "size", "n", "n_attack", "steps", "eps", "extra")
+        same = ("teacher", "size", "n", "n_attack", "steps", "eps", "extra", "seed")
         diff = [k for k in same if old.get(k) != out[k]]
         if diff:
             raise SystemExit(f"--reuse-teacher: {args.reuse_teacher} used another protocol ({', '.join(diff)} differ)")

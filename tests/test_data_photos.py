@@ -167,6 +167,13 @@ def test_teacher_labels_are_cached_by_items_and_teacher_weights(tmp_path):
     other_items = P.TeacherSuite(_WeightedMSE(5.0), **{**kw, "seed": 4})
     assert not torch.equal(other_items.d0, first.d0)
     assert len(list(tmp_path.glob("teacher-labels-*.pt"))) == 3
+    cache_file = next(f for f in tmp_path.glob("teacher-labels-*.pt") if torch.equal(torch.load(f)["d0"], first.d0))
+    cache_file.write_bytes(b"truncated")  # a broken cache is recomputed (with a warning) and rewritten
+    relabel = _WeightedMSE(5.0)
+    with pytest.warns(UserWarning, match="unreadable teacher-label cache"):
+        fixed = P.TeacherSuite(relabel, **kw)
+    assert relabel.calls > 0 and torch.equal(fixed.d0, first.d0)
+    assert torch.equal(torch.load(cache_file, weights_only=True)["d1"], first.d1)
 
 
 def test_random_crops_use_train_photos_only_and_jitter():

@@ -29,6 +29,7 @@ import hashlib
 import io as _io
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -581,8 +582,13 @@ class TeacherSuite(_PairSuite):
         if cache_dir is not None:
             cache_file = Path(cache_dir).expanduser() / f"teacher-labels-{self._labels_key(teacher)}.pt"
             if cache_file.is_file():
-                cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-        if cached is not None and cached["d0"].shape == (self.n,):
+                try:
+                    cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+                except Exception as err:  # a truncated or foreign file: label again and overwrite it
+                    warnings.warn(f"ignoring unreadable teacher-label cache {cache_file} ({err}); recomputing")
+        ok = isinstance(cached, dict) and all(isinstance(cached.get(k), torch.Tensor) and cached[k].shape == (self.n,)
+                                              for k in ("d0", "d1"))
+        if ok:
             self.d0, self.d1 = cached["d0"], cached["d1"]
         else:
             self.d0, self.d1 = self._judge(teacher, batch_size, device, progress)

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..io import IMAGE_SUFFIXES, check_images, load_image
 from ..hub import publish
+from ..io import IMAGE_SUFFIXES, check_images, load_image
 from ..metrics.embedding import NORM_EPS, EmbeddingMetric
 
 FORMAT = "robustsim-index/1"
