@@ -294,3 +294,21 @@ def test_paper_radius_is_broken_when_gnorm_below_one_while_ours_holds():
     paper_factor = 0.99 * cert.paper_radius / cert.radius.clamp_min(1e-30)  # per triplet
     flipped_paper, _ = ref_attack(m, refs, c0, c1, cert, paper_factor, **PROBE)
     assert flipped_paper.any(), (cert.paper_radius, cert.radius)
+
+
+def test_shipped_model_certificates_survive_strong_attacks():
+    """The certificates of the model users actually get (lipsim-default, real weights, real photos at its
+    native 128×128) hold against the strongest attack here at 0.99 × the radius, and break beyond it."""
+    import robustsim
+
+    m = robustsim.load("lipsim-default").eval().requires_grad_(False)
+    ref, x0, x1 = photo_triplets(128, seed=0)
+    cert = certify.two_afc(m, ref, x0, x1)
+    assert int((cert.radius > 0).sum()) >= 4
+    n = ref.shape[0]
+    cat = lambda t: torch.cat([t, t])  # noqa: E731
+    both = certify.TwoAFCCertificate(**{**cert.__dict__, "radius": cat(cert.radius), "closer": cat(cert.closer)})
+    factor = torch.cat([torch.full((n,), 0.99), torch.full((n,), 3.0)]).double()
+    flipped, _ = ref_attack(m, cat(ref), cat(x0), cat(x1), both, factor, steps=100, restarts=2)
+    assert not flipped[:n].any(), f"shipped certificate broken at 0.99 x radius: {cert.radius[flipped[:n]]}"
+    assert int(flipped[n:].sum()) >= 1, cert.radius  # the attack does flip decisions once allowed to
