@@ -1,7 +1,9 @@
 """Evaluate a distilled LipSim student against its teacher on held-out photos (the numbers of docs/MODELS.md).
 
     python scripts/eval_shipped.py --student lipsim-default --teacher effnet-lite0-cosine \
-        --extra work_data/photos --n 200 --n-attack 60 --steps 100 --out docs/shipped_eval.json
+        --extra work_data/photos --n 400 --n-attack 50 --steps 50 --out docs/shipped_eval.json \
+        --md results.md --plot docs/shipped_eval.png
+    python scripts/eval_shipped.py --replot docs/shipped_eval.json --plot docs/shipped_eval.png   # redraw only
 
 Protocols (all on held-out photos only; images at the student's native size):
 * teacher agreement: TeacherSuite triplets (two distortions of different kinds) labelled by the teacher;
@@ -37,7 +39,19 @@ def main() -> None:
     ap.add_argument("--reuse-teacher", default=None,
                     help="JSON of an earlier run with the same protocol: copy its teacher rows instead of recomputing")
     ap.add_argument("--labels-cache", default=None, help="cache folder for the teacher's labels (TeacherSuite cache_dir)")
+    ap.add_argument("--plot", default=None, help="also draw certified and attacked accuracy vs ε (PNG) here")
+    ap.add_argument("--replot", default=None, metavar="JSON",
+                    help="only redraw --plot (and --md) from the JSON of an earlier run; nothing is evaluated")
     args = ap.parse_args()
+    if args.replot:
+        out = json.loads(Path(args.replot).read_text())
+        if not (args.plot or args.md):
+            raise SystemExit("--replot needs --plot and/or --md")
+        if args.plot:
+            print(f"wrote {plot(out, args.plot)}")
+        if args.md:
+            Path(args.md).write_text(markdown(out))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -89,6 +103,47 @@ def main() -> None:
     if args.md:
         Path(args.md).write_text(markdown(out))
         print(f"wrote {args.md}")
+    if args.plot:
+        print(f"wrote {plot(out, args.plot)}")
+
+
+def plot(out: dict, path) -> Path:
+    """One panel per suite: the student's certified accuracy vs ε (sound radius, and the paper's formula)
+    with the attacked accuracy of student and teacher as points; certified must lie below attacked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suites = [s for s in ("teacher-labelled", "ordering") if f"{s}/student" in out["results"]]
+    fig, axes = plt.subplots(1, len(suites), figsize=(5.2 * len(suites), 3.8), squeeze=False)
+    for ax, suite in zip(axes[0], suites):
+        st, te = out["results"][f"{suite}/student"], out["results"].get(f"{suite}/teacher")
+        if st.get("certified"):
+            c = st["certified"]
+            ax.plot(c["eps"], [100 * v for v in c["curve"]], color="C0", label=f"{out['student']} certified")
+            if c.get("paper_curve"):
+                ax.plot(c["eps"], [100 * v for v in c["paper_curve"]], color="C0", ls="--", lw=0.9,
+                        label="  (LipSim paper's radius)")
+        for row, name, style in ((st, out["student"], dict(color="C0", marker="o")),
+                                 (te, out["teacher"], dict(color="C3", marker="x"))):
+            if row:
+                eps = [0.0] + [float(e) for e in row["attacked"]]
+                acc = [100 * row["natural_on_attacked_subset"]] + [100 * v for v in row["attacked"].values()]
+                ax.plot(eps, acc, ls=":", label=f"{name} under APGD-CE ({out['steps']} it.)", **style)
+        ax.set_title(f"{suite} ({out['n']} held-out triplets)", fontsize=10)
+        ax.set_xlabel("l2 budget ε on the reference ([0, 1] pixels, 128×128)")
+        ax.set_ylabel("2AFC score (%)")
+        ax.set_xlim(0, max(float(e) for e in out["eps"]) * 1.02)
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def markdown(out: dict) -> str:
