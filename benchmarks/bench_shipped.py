@@ -79,17 +79,17 @@ def main() -> None:
         warnings.filterwarnings("ignore")
         import lpips as lpips_package
 
-        ref = lpips_package.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
-        fns["`lpips` package, alex, distance"] = lambda a, b: ref(a, b, normalize=True)
+        reference = lpips_package.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
+        fns["`lpips` package, alex, distance"] = lambda a, b: reference(a, b, normalize=True)
     except ImportError:
         pass
     rows = list(zip(fns, pairs_per_second(list(fns.values()), x, y, args.batch, args.repeats)))
-    ref = rows[2][1]
+    base = rows[2][1]  # robustsim's lpips-alex
     print(f"size {args.size}x{args.size}, batch {args.batch}, {args.n} pairs, threads {torch.get_num_threads()}")
     print("| what | pairs/s | ratio vs lpips-alex |")
     print("|---|---:|---:|")
     for name, pps in rows:
-        print(f"| {name} | {pps:.1f} | {pps / ref:.2f} |")
+        print(f"| {name} | {pps:.1f} | {pps / base:.2f} |")
 
 
 if __name__ == "__main__":

@@ -196,8 +196,10 @@ def search(ix: Index, metric: Any, queries: Sequence[Union[str, torch.Tensor]], 
             rel = certify.feature_error_allowance(metric, torch.float32, ix.dim)
             if ix.kind == "ivf":
                 rows = _ivf_candidates(ix, lists, u, cand)
-                gal = emb_t[torch.from_numpy(rows)] if len(rows) < len(ix) else emb_t
-                rows = rows if len(rows) < len(ix) else None
+                if len(rows) == len(ix):  # every row is a candidate: score the gallery as it is
+                    rows, gal = None, emb_t
+                else:
+                    gal = emb_t[torch.from_numpy(rows)]
             else:
                 rows, gal = None, emb_t
             c = certify.top1_radius(g[None], gal, lipschitz=K, rel_error=rel, gallery_error=_gallery_error(ix.dim))
