@@ -4,15 +4,18 @@
     python benchmarks/bench_eval.py [--n 32] [--repeats 3] [--threads 2]
 
 Rows: LPIPS-alex (64×64, random trunk: no embedding, so no certificate exists), EfficientNet-Lite0
-cosine (224×224; the "certified" row runs the certificate code on it with lipschitz=1 to measure the
-*cost* of certifying from the same forward pass -- its radii mean nothing), LipSim-CPU (128×128,
-random weights; a real certified metric). Data are pre-generated tensors (no image decoding timed).
+cosine (224×224; not Lipschitz, no certificate), LipSim-CPU (128×128, random weights; a real certified
+metric), and with ``--shipped`` the shipped lipsim-default. Data are pre-generated tensors (no image decoding timed).
 Reference = the naive evaluation: metric(ref, x0) and metric(ref, x1) as two calls.
+
+Certificate modes (issue 19), timed with batched ``certify.two_afc`` calls, as multiples of the natural
+evaluation: ``float64`` (the default: the three embeddings recomputed in float64 with a proven bound) and
+``float32`` (the model's own pass with the proven worst-case bound covering every float32 evaluation).
+``--shipped`` adds the shipped model.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import time
 
@@ -51,16 +54,26 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shipped", action="store_true", help="also time the shipped lipsim-default")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from robustsim.data.photos import OrderingSuite
     from robustsim.evaluate.offline import OFFLINE_METRICS
     from robustsim.evaluate.twoafc import evaluate_2afc
 
+    from robustsim import certify
+
     print(f"{'metric':<28} {'size':>4} {'naive t/s':>10} {'natural t/s':>12} {'certified t/s':>14} "
           f"{'cert/natural cost':>18} {'natural speed-up vs naive':>26}")
-    for name in ("lpips-alex", "effnet-lite0-cosine", "lipsim-random"):
-        metric, note, size = OFFLINE_METRICS[name]()
+    modes = []
+    names = ["lpips-alex", "effnet-lite0-cosine", "lipsim-random"] + (["lipsim-default"] if args.shipped else [])
+    for name in names:
+        if name == "lipsim-default":
+            import robustsim
+
+            metric, note, size = robustsim.load("lipsim-default"), "shipped", 128
+        else:
+            metric, note, size = OFFLINE_METRICS[name]()
         ds = Tensors(*OrderingSuite(n=args.n, size=size, seed=0).tensors())
         ref, x0, x1 = ds.t[:3]
 
@@ -74,10 +87,7 @@ def main() -> int:
         def natural():
             evaluate_2afc(metric, ds, args.batch_size, progress=False)
 
-        cmetric = metric
-        if not metric.certified and getattr(metric, "has_embedding", False):
-            cmetric = copy.copy(metric)  # cost-only: certificate code on a non-Lipschitz model
-            cmetric.certified, cmetric.lipschitz = True, 1.0
+        cmetric = metric  # (non-Lipschitz metrics: no certificate; a "cost-only" row would now time a float64 copy)
 
         def certified():
             evaluate_2afc(cmetric, ds, args.batch_size, certified=True, progress=False)
@@ -89,9 +99,27 @@ def main() -> int:
             t_cert = best_time(certified, args.repeats)
             cert = f"{args.n / t_cert:14.2f} {t_cert / t_nat:17.2f}x"
         else:
-            cert = f"{'n/a':>14} {'n/a (no embedding)':>18}"
+            cert = f"{'n/a':>14} {'n/a (not certified)':>18}"
         label = f"{name} ({note})"[:28]
         print(f"{label:<28} {size:>4} {args.n / t_naive:10.2f} {args.n / t_nat:12.2f} {cert} {t_naive / t_nat:25.2f}x")
+        if metric.certified:
+            row = [label]
+            for mode in (None, "float32"):
+                def run(mode=mode):
+                    for s in range(0, args.n, args.batch_size):
+                        sl = slice(s, s + args.batch_size)
+                        certify.two_afc(metric, ref[sl], x0[sl], x1[sl], float_error=mode)
+                row.append(best_time(run, args.repeats) / t_nat)
+            c64 = certify.two_afc(metric, ref, x0, x1)
+            c32 = certify.two_afc(metric, ref, x0, x1, float_error="float32")
+            row += [float((c64.float_error / c64.gnorm).median()), float((c32.float_error / c32.gnorm).median()),
+                    float((c64.radius > 0).float().mean()), float((c32.radius > 0).float().mean())]
+            modes.append(row)
+    if modes:
+        print(f"\n{'certified metric':<28} {'float64 (default)':>18} {'float32 proven':>15} "
+              f"{'err/G f64':>10} {'err/G f32':>10} {'>0 f64':>7} {'>0 f32':>7}")
+        for r in modes:
+            print(f"{r[0]:<28} {r[1]:17.2f}x {r[2]:14.2f}x {r[3]:10.1e} {r[4]:10.1e} {r[5]:7.2f} {r[6]:7.2f}")
     return 0
 
 

@@ -56,6 +56,16 @@ def test_extra_folder_split_by_name_hash(tmp_path, monkeypatch):
     assert b[3].load().shape == (3, 40, 50)
 
 
+def test_photos_module_reexports_the_split_modules():
+    """photos.py is the compatibility front of catalogue / distortions / suites: same objects, not copies."""
+    from robustsim.data import catalogue, distortions, suites
+
+    assert P.PhotoSource is catalogue.PhotoSource and P.split_of is catalogue.split_of
+    assert P.DISTORTIONS is distortions.DISTORTIONS and P.distort is distortions.distort
+    assert P.OrderingSuite is suites.OrderingSuite and P.TeacherSuite is suites.TeacherSuite
+    assert P.RandomCrops is suites.RandomCrops and P._item_rng is catalogue._item_rng
+
+
 def test_bad_photo_inputs(tmp_path):
     with pytest.raises(InputError, match="split"):
         P.OrderingSuite(n=4, split="validation")
@@ -77,10 +87,12 @@ def crop():
 
 
 @settings(max_examples=40, deadline=None)
-@given(kind=st.sampled_from(sorted(set(P.DISTORTIONS) - {"jpeg", "posterize"})),
+@given(kind=st.sampled_from(sorted(set(P.DISTORTIONS) - {"jpeg", "webp", "posterize", "translate", "rotate", "rescale",
+                                                            "elastic"})),
        s1=st.floats(0.0, 1.0), d=st.floats(0.05, 1.0), seed=st.integers(0, 2**31))
 def test_distortions_grow_with_strength(crop, kind, s1, d, seed):
-    """Same seed, larger strength -> at least as far from the original (pixel l2)."""
+    """Same seed, larger strength -> at least as far from the original (pixel l2). Codecs and geometric
+    warps are excluded: their pixel change need not grow monotonically (a 2-px shift of a periodic texture)."""
     s2 = min(1.0, s1 + d)
     a = (P.distort(crop, kind, s1, seed) - crop).norm()
     b = (P.distort(crop, kind, s2, seed) - crop).norm()
@@ -98,7 +110,7 @@ def test_each_distortion_changes_image_and_stays_in_range(crop, kind):
 
 def test_ordering_suite_labels_match_pixel_ordering_and_are_deterministic():
     ds = P.OrderingSuite(n=33, size=48, seed=5)
-    assert len(P.DISTORTIONS) >= 8 and len(ds.kinds) == len(P.DISTORTIONS)
+    assert len(P.DISTORTIONS) >= 15 and ds.kinds == list(P.ORDERING_KINDS)  # default unchanged by the new kinds
     ref, x0, x1, lab, judge = ds.tensors()
     assert ref.shape == (33, 3, 48, 48) and lab.dtype == torch.long
     assert torch.equal(judge, lab.float())

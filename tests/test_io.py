@@ -299,3 +299,91 @@ def test_save_image_refuses_bad_input_and_writes_nothing_on_failure(tmp_path, mo
         io.save_image(torch.ones(1, 3, 4, 4), target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+
+
+# --------------------------------------------------------------------------- preprocess: what users hold
+
+
+def test_preprocess_accepts_every_form_users_hold_and_agrees_with_files(tmp_path):
+    a = photo_u8(24)
+    Image.fromarray(a).save(tmp_path / "p.png")
+    want = io.load_image(tmp_path / "p.png")
+    rgba = np.concatenate([a, np.full(a.shape[:2] + (1,), 128, np.uint8)], 2)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    forms = {
+        "path str": str(tmp_path / "p.png"),
+        "Path": tmp_path / "p.png",
+        "PIL RGB": Image.fromarray(a),
+        "numpy uint8 HWC": a,
+        "numpy float64 HWC": a.astype(np.float64) / 255,
+        "numpy float32 HWC": a.astype(np.float32) / 255,
+        "torch CHW float": want[0],
+        "torch CHW uint8": torch.from_numpy(a).permute(2, 0, 1).contiguous(),
+        "torch NCHW": want,
+    }
+    for what, form in forms.items():
+        got = io.preprocess(form)
+        assert got.shape == (1, 3, 24, 24) and got.dtype == torch.float32, what
+        assert torch.allclose(got, want, atol=1e-6), what
+    # grayscale in every form: replicated to three equal channels
+    gray = a.mean(2).round().astype(np.uint8)
+    for form in (gray, gray[..., None], Image.fromarray(gray, "L"), torch.from_numpy(gray)[None]):
+        got = io.preprocess(form)
+        assert got.shape == (1, 3, 24, 24) and torch.equal(got[:, 0], got[:, 2])
+        assert torch.allclose(got[0, 0], torch.from_numpy(gray).float() / 255, atol=1e-6)
+    # alpha: composited on white exactly as for files
+    assert torch.allclose(io.preprocess(rgba), io.load_image(tmp_path / "rgba.png"), atol=1e-6)
+    assert torch.allclose(io.preprocess(Image.fromarray(rgba, "RGBA")), io.load_image(tmp_path / "rgba.png"), atol=1e-6)
+    u16 = (a.astype(np.uint16) * 257)
+    assert torch.allclose(io.preprocess(u16), want, atol=1e-6)
+    assert io.preprocess(a, dtype=torch.float64).dtype == torch.float64
+
+
+def test_preprocess_lists_of_mixed_sizes_need_a_size(tmp_path):
+    big, small = photo_u8(32, "chelsea"), photo_u8(20, "coffee")
+    Image.fromarray(small).save(tmp_path / "s.png")
+    with pytest.raises(InputError, match=r"2 different sizes \(20×20, 32×32\); pass size=\(H, W\)"):
+        io.preprocess([big, tmp_path / "s.png"])
+    x = io.preprocess([big, tmp_path / "s.png", Image.fromarray(big)], size=(16, 24))
+    assert x.shape == (3, 3, 16, 24) and float(x.min()) >= 0 and float(x.max()) <= 1
+    resized = torch.nn.functional.interpolate(io.preprocess(big), size=(16, 24), mode="bicubic", antialias=True,
+                                              align_corners=False).clamp(0, 1)
+    assert torch.allclose(x[0:1], resized) and torch.allclose(x[2:3], resized)
+    assert io.preprocess([big, big]).shape == (2, 3, 32, 32)  # same sizes: kept as they are
+
+
+def test_preprocess_for_a_metric_uses_its_input_size_device_and_dtype():
+    from robustsim.metrics.lipsim import LipSim
+
+    m = LipSim(input_size=16, stem="unshuffle2", channels=12, conv_depth=1, conv_inner=4, pool=(2,), linear_depth=1,
+               linear_inner=8, embed_dim=10).eval().double()
+    x = io.preprocess_for(m, [photo_u8(32), photo_u8(20, "coffee")])
+    assert x.shape == (2, 3, 16, 16) and x.dtype == torch.float64
+    assert m(x[:1], x[1:]).shape == (1,)
+    same = io.preprocess_for(m, [photo_u8(20), photo_u8(20, "coffee")])
+    assert same.shape == (2, 3, 20, 20)  # equal sizes are left to the metric's own resize
+
+
+def test_preprocess_errors_name_the_problem():
+    a = photo_u8(8)
+    cases = [
+        (a.transpose(2, 0, 1), r"numpy images are H×W×C .*a.transpose\(1, 2, 0\)"),
+        (torch.from_numpy(a), r"torch images are channels first .*t.permute\(2, 0, 1\)"),
+        (a.astype(np.float32), r"float values must lie in \[0, 1\], found \[\d+, 2\d\d\].*pass uint8"),
+        (a.astype(np.int32), "integer dtype int32 is ambiguous"),
+        (torch.full((3, 4, 4), float("nan")), "NaN"),
+        (np.zeros((1, 1, 3), np.uint8), r"1×1 is smaller than the minimum size 2×2"),
+        (torch.zeros(2, 5, 4, 4), r"C in \(1, 3, 4\)"),
+        ([], "no images given"),
+        (3.5, "cannot use a float as an image"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(InputError, match=match):
+            io.preprocess(bad)
+
+
+def test_check_images_refuses_one_pixel_tensors_like_the_cli(tmp_path):
+    with pytest.raises(InputError, match=r"1×1 is smaller than the metric's minimum size 2×2"):
+        io.check_images(torch.rand(1, 3, 1, 1), min_size=1)
+    assert io.check_images(torch.rand(1, 3, 2, 2)).shape == (1, 3, 2, 2)
+    assert io.save_image(torch.rand(1, 3, 1, 1), tmp_path / "one.png").is_file()  # writing any size is fine

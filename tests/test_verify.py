@@ -95,3 +95,30 @@ def test_verify_module_detects_nonexpansive_violation_in_plain_module():
         net[0].bias.zero_()
     rep = verify_module(net, torch.zeros(1, 4), iters=20, restarts=1, steps=5)
     assert not rep.ok and abs(rep.worst.value - 1.5) < 1e-6
+
+
+def test_cli_verify_is_quick_by_default_and_thorough_on_request(tmp_path, capsys):
+    from robustsim.lipschitz.verify import QUICK, THOROUGH
+
+    # the quick check's cost: one sample, few iterations, float32, no pair search (minutes on 2 busy cores)
+    assert QUICK["n_samples"] == 1 and QUICK["iters"] <= 10 and QUICK["restarts"] == 0
+    assert QUICK["dtype"] == torch.float32 and THOROUGH["dtype"] == torch.float64 and THOROUGH["restarts"] > 0
+    torch.manual_seed(0)
+    path = robustsim.save(LipSim(**TINY).eval(), tmp_path / "m.safetensors")
+    assert cli_main(["verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "quick check" in out and "float32" in out and "no pair search (--thorough adds it)" in out
+    assert "pair search" not in out.split("quick check")[0]  # no pair-search row in the table
+    assert cli_main(["verify", str(path), "--thorough", "--iters", "5", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "thorough check" in out and "float64" in out and "pair search 2×3 steps" in out
+    assert "pair search" in out.split("thorough check")[0]
+
+
+def test_quick_verify_still_catches_a_broken_layer(tmp_path, monkeypatch, capsys):
+    torch.manual_seed(0)
+    path = robustsim.save(LipSim(**TINY).eval(), tmp_path / "m.safetensors")
+    orig = sll_mod.conv_t
+    monkeypatch.setattr(sll_mod, "conv_t", lambda k, q: 3 * orig(k, q))  # as in test_cli_verify_exit_codes
+    assert cli_main(["verify", str(path)]) == 1
+    assert "FAIL: convs." in capsys.readouterr().out

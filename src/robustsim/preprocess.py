@@ -49,7 +49,9 @@ def resize_norm(in_size: Tuple[int, int], out_size: Tuple[int, int], mode: str =
         return 1.0
     a_h = resize_matrix(int(in_size[0]), int(out_size[0]), mode, antialias)
     a_w = resize_matrix(int(in_size[1]), int(out_size[1]), mode, antialias)
-    return float(torch.linalg.matrix_norm(a_h, ord=2) * torch.linalg.matrix_norm(a_w, ord=2))
+    from .lipschitz.linalg import spectral_norm
+
+    return spectral_norm(a_h) * spectral_norm(a_w)
 
 
 class Resize(torch.nn.Module):

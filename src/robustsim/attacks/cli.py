@@ -1,5 +1,9 @@
 """``robustsim attack {2afc,pair,embedding}``: attack a metric on image files, save the adversarial PNGs.
 
+The adversarial PNGs go to a new folder (``attack-KIND-<time>``) unless ``--out`` names one, so a run
+never scatters files into the current folder or overwrites an earlier run's. A progress bar shows the
+attack's iterations on a terminal (off with ``--quiet`` or when stderr is not a terminal).
+
 Saving rounds to 8 bits, which changes the perturbation. When the clean image is itself 8-bit the
 saved perturbation is rounded toward zero pixel by pixel, so the saved image never leaves the budget;
 either way the sizes reported are those of the saved files, and the decision/distance is evaluated
@@ -29,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--steps", type=int, default=100)
         q.add_argument("--restarts", type=int, default=1)
         q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--out", "-o", default=".", help="folder for the adversarial PNGs (default: .)")
+        q.add_argument("--out", "-o", default=None,
+                       help="folder for the adversarial PNGs, created if missing (default: a new folder "
+                            "attack-KIND-YYYYmmdd-HHMMSS here, never the current folder itself)")
         q.add_argument("--json", action="store_true", help="machine-readable output")
 
     q = kinds.add_parser("2afc", help="flip which of X0, X1 the metric finds closer to REF")
@@ -69,6 +75,23 @@ def _metric(args):
     from ..commands import _load_metric
 
     return _load_metric(args)
+
+
+def _out_dir(args) -> Path:
+    """--out as given, or a new folder ``attack-KIND-YYYYmmdd-HHMMSS`` (suffixed -2, -3, ... if taken).
+
+    The folder is created only when the first image is saved, so a failed run leaves nothing behind.
+    """
+    if args.out:
+        return Path(args.out).expanduser()
+    import time
+
+    base = Path(f"attack-{args.attack_kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def _quantise(adv: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -118,12 +141,13 @@ def cmd_2afc(args: argparse.Namespace) -> int:
     ref, x0, x1 = _load([args.ref, args.x0, args.x1], dev)
     label = None if args.label is None else torch.tensor([args.label])
     res = run_2afc(metric, ref, x0, x1, label, norm=args.norm, eps=args.eps, method=args.method, target=args.target,
-                   steps=args.steps, restarts=args.restarts, seed=args.seed, loss=args.loss)
+                   steps=args.steps, restarts=args.restarts, seed=args.seed, loss=args.loss, progress=True)
     clean = {"ref": ref, "x0": x0, "x1": x1}
     adv = {"ref": res.ref, "x0": res.x0, "x1": res.x1}
     src = {"ref": args.ref, "x0": args.x0, "x1": args.x1}
     perturbed = ["x0", "x1"] if args.target == "x0+x1" else [args.target]
-    saved = {k: _save(adv[k], clean[k], src[k], Path(args.out)) for k in perturbed}
+    out = _out_dir(args)
+    saved = {k: _save(adv[k], clean[k], src[k], out) for k in perturbed}
     final = {k: saved[k]["image"] if k in saved else clean[k] for k in clean}
     with torch.no_grad():
         s0 = float(metric(final["ref"], final["x0"]))
@@ -158,12 +182,13 @@ def cmd_pair(args: argparse.Namespace) -> int:
     a, b = _load([args.a, args.b], dev)
     method = "apgd" if args.method == "apgd-ce" else args.method
     res = run_pair(metric, a, b, args.direction, args.target, args.norm, args.eps, method, args.steps, args.restarts,
-                   args.seed, args.threshold)
+                   args.seed, args.threshold, progress=True)
     perturbed = {"x": ["a"], "y": ["b"], "both": ["a", "b"]}[args.target]
     clean = {"a": a, "b": b}
     adv = {"a": res.x, "b": res.y}
     src = {"a": args.a, "b": args.b}
-    saved = {k: _save(adv[k], clean[k], src[k], Path(args.out)) for k in perturbed}
+    out = _out_dir(args)
+    saved = {k: _save(adv[k], clean[k], src[k], out) for k in perturbed}
     final = {k: saved[k]["image"] if k in saved else clean[k] for k in clean}
     with torch.no_grad():
         ds = float(metric(final["a"], final["b"]))
@@ -187,8 +212,9 @@ def cmd_embedding(args: argparse.Namespace) -> int:
     dev = next(metric.parameters()).device if any(True for _ in metric.parameters()) else torch.device("cpu")
     (x,) = _load([args.x], dev)
     method = "apgd" if args.method == "apgd-ce" else args.method
-    x_adv, d = embedding_attack(metric, x, args.eps, args.norm, args.steps, args.restarts, args.seed, method)
-    s = _save(x_adv, x, args.x, Path(args.out))
+    x_adv, d = embedding_attack(metric, x, args.eps, args.norm, args.steps, args.restarts, args.seed, method,
+                                progress=True)
+    s = _save(x_adv, x, args.x, _out_dir(args))
     with torch.no_grad():
         ds = float(metric(x, s["image"]))
     report = {"metric": getattr(metric, "name", "") or args.metric, "norm": args.norm, "eps": args.eps,

@@ -10,13 +10,17 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "photos": "photos", "bapps": "bapps", "night": "night", "folders": "folders", "fetch": "fetch",
+    "photos": "photos", "catalogue": "catalogue", "distortions": "distortions", "suites": "suites", "judged": "judged",
+    "bapps": "bapps", "night": "night", "folders": "folders", "fetch": "fetch",
 }
 _NAMES = {
     "PhotoSource": "photos", "photo_sources": "photos", "train_photos": "photos", "heldout_photos": "photos",
     "select_photos": "photos", "HELDOUT": "photos", "DISTORTIONS": "photos", "distort": "photos",
     "OrderingSuite": "photos", "TeacherSuite": "photos", "ordering_suite": "photos", "teacher_suite": "photos",
     "RandomCrops": "photos", "TripletDataset": "photos", "color_jitter": "photos",
+    "KINDS": "distortions", "ORDERING_KINDS": "distortions",
+    "JudgedPool": "judged", "JudgedSuite": "judged", "JudgedPairs": "judged", "judged_suite": "judged",
+    "judged_triplets": "judged", "DEFAULT_JUDGES": "judged",
     "BAPPS2AFC": "bapps", "BAPPSJND": "bapps", "Nights": "night",
     "read_image": "folders", "CorruptImageError": "folders",
 }

@@ -16,7 +16,8 @@ _NAMES = {
     "certified_accuracy": "certified", "certified_curve": "certified",
     "evaluate_embedding_attack": "embedding", "evaluate_retrieval": "retrieval",
     "write_report": "report", "markdown": "report", "run_offline_suite": "offline", "RESULTS_METRICS": "offline",
-    "BatchStore": "runner",
+    "BatchStore": "runner", "evaluate_judged": "judged", "evaluate_pairs": "judged", "spearman": "judged",
+    "run_judged_results": "results", "ResultsPlan": "results",
 }
 __all__ = sorted(_NAMES)
 
@@ -24,6 +25,7 @@ __all__ = sorted(_NAMES)
 def __getattr__(name: str) -> Any:
     if name in _NAMES:
         return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
-    if name in {"twoafc", "jnd", "certified", "embedding", "retrieval", "report", "offline", "runner", "cli"}:
+    if name in {"twoafc", "jnd", "certified", "embedding", "retrieval", "report", "offline", "runner", "cli",
+                "judged", "results"}:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,11 @@
     robustsim eval --metric M --dataset ordering|teacher|bapps-2afc|bapps-jnd|nights [--root DIR --split S]
                    [--attack apgd-ce --norm l2 --eps 0.5,1,2,3 --target ref --steps 100] [--certified]
                    [--embedding-attack] [--retrieval] [--batch-size 32 --device cpu --out DIR --limit N]
-    robustsim eval --suite offline [--out docs]      # regenerates docs/RESULTS.md
+    robustsim eval --metric M --dataset judged [--n 500 --size 64 --judges lpips-alex,... --kinds translate,...]
+                   [--extra-dir DIR] [--attack ...]          # judge-consensus 2AFC (leave-one-out for judges)
+    robustsim eval --metric M --dataset judged-pairs [--n 340]  # Spearman ρ with the judges' mean distance
+    robustsim eval --suite judged [--out docs]       # regenerates docs/RESULTS.md (judged headline)
+    robustsim eval --suite offline [--out DIR]       # the older ordering-suite report
 
 ``--out DIR`` holds the per-batch results (rerun the same command after an interruption: finished
 batches are not recomputed) and the report (results.json, results.md, PNG plots).
@@ -16,7 +20,7 @@ from typing import List
 
 from ..errors import InputError
 
-DATASETS = ("ordering", "teacher", "bapps-2afc", "bapps-jnd", "nights")
+DATASETS = ("judged", "judged-pairs", "ordering", "teacher", "bapps-2afc", "bapps-jnd", "nights")
 
 
 def _floats(s: str) -> List[float]:
@@ -33,13 +37,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a metric: 2AFC natural/attacked/certified, JND, embedding attack, retrieval")
     p.add_argument("--metric", help="hub name or saved .safetensors (default: the shipped default model)")
     p.add_argument("--dataset", choices=DATASETS, help="which data to evaluate on")
-    p.add_argument("--suite", choices=("offline",), help="offline: every offline metric on the held-out photo suites -> RESULTS.md")
+    p.add_argument("--suite", choices=("judged", "offline"),
+                   help="judged: every offline metric on the judged suite -> docs/RESULTS.md; offline: the ordering-suite report")
     p.add_argument("--root", help="dataset root (BAPPS / NIGHTS)")
     p.add_argument("--split", help="dataset split (BAPPS: train|val, NIGHTS: test|test_imagenet|..., photos: heldout|train)")
     p.add_argument("--categories", help="BAPPS categories, comma-separated (default: all of the split)")
     p.add_argument("--n", type=int, default=256, help="offline suites: number of triplets")
     p.add_argument("--size", type=int, help="offline suites: image side (default: the metric's input size, else 64)")
     p.add_argument("--judge", default="effnet-lite0-cosine", help="teacher suite: metric that labels the triplets")
+    p.add_argument("--judges", help="judged suites: comma-separated judge metrics (default: lpips-alex,lpips-vgg,"
+                   "stlpips-alex,stlpips-vgg,dists)")
+    p.add_argument("--kinds", help="judged suites: comma-separated distortion kinds (default: all 17)")
+    p.add_argument("--extra-dir", action="append", default=[], help="judged suites: extra photo folder (repeatable; "
+                   "also $ROBUSTSIM_PHOTOS)")
+    p.add_argument("--per-window", type=int, default=2, help="judged suite: candidate triplets per photo window")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attack", help="2AFC attack method: apgd-ce | pgd")
     p.add_argument("--norm", default="l2", choices=("l2", "linf"))
@@ -90,13 +101,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.suite == "offline":
         from .offline import run_offline_suite
 
-        out = run_offline_suite(args.out or "docs", run_dir="work_data/results_run", progress=progress, device=args.device)
+        out = run_offline_suite(args.out or "docs", run_dir="work_data/results_run", progress=progress, device=args.device,
+                                stem="ORDERING")
+        print(f"wrote {out['paths']['md']}")
+        return 0
+    if args.suite == "judged":
+        from .results import ResultsPlan, run_judged_results
+
+        plan = ResultsPlan(extra_dirs=list(args.extra_dir))
+        out = run_judged_results(args.out or "docs", plan=plan, progress=progress, device=args.device,
+                                 command="robustsim eval --suite judged" + "".join(f" --extra-dir {d}" for d in args.extra_dir))
         print(f"wrote {out['paths']['md']}")
         return 0
     if not args.dataset:
-        raise InputError("give --dataset (ordering, teacher, bapps-2afc, bapps-jnd, nights) or --suite offline")
+        raise InputError(f"give --dataset ({', '.join(DATASETS)}) or --suite judged|offline")
     from .. import hub
 
+    if args.dataset in ("judged", "judged-pairs"):
+        return _cmd_judged(args, progress)
     metric = hub.load(args.metric, device=args.device)
     ds = _dataset(args, metric)
     out = Path(args.out) if args.out else None
@@ -144,4 +166,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .report import markdown
 
     print(markdown([result], title=f"{metric.name} on {args.dataset}"))
+    return 0
+
+
+def _csv(s):
+    return [v.strip() for v in s.split(",") if v.strip()] if s else None
+
+
+def _cmd_judged(args: argparse.Namespace, progress: bool) -> int:
+    """``--dataset judged`` / ``judged-pairs``: judge-consensus 2AFC or distance correlation of one metric."""
+    import json
+
+    from .. import hub
+    from ..data.judged import DEFAULT_JUDGES, JudgedPairs, JudgedPool
+    from .judged import evaluate_judged, evaluate_pairs
+    from .twoafc import AttackSpec
+
+    if args.retrieval or args.embedding_attack:
+        raise InputError("--retrieval / --embedding-attack are not available with the judged suites")
+    judges = _csv(args.judges) or list(DEFAULT_JUDGES)
+    common = dict(size=args.size or 64, split=args.split or "heldout", kinds=_csv(args.kinds), judges=judges,
+                  seed=args.seed, extra_dirs=args.extra_dir or None, batch_size=args.batch_size, device=args.device,
+                  progress=progress)
+    if args.dataset == "judged-pairs":
+        pairs = JudgedPairs(n=args.n, per_window=args.per_window, **common)
+        metric = hub.load(args.metric, device=args.device)
+        res = evaluate_pairs(metric, pairs, name=metric.name, batch_size=args.batch_size, device=args.device,
+                             progress=progress)
+        print(f"{metric.name}: Spearman rho with the judges' mean normalised distance = {res['overall']:.3f} (n={res['n']})")
+        for k, v in res["kinds"].items():
+            print(f"  {k:<16} {v:.3f}")
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "judged_pairs.json").write_text(json.dumps(res, indent=1))
+        return 0
+    pool = JudgedPool(per_window=args.per_window, **common)
+    pool.select(args.n, None)  # label first (and fail on a too-large --n) before loading the metric
+    metric = hub.load(args.metric, device=args.device)
+    attacks = []
+    if args.attack:
+        attacks = [AttackSpec(args.attack, args.norm, _floats(args.eps), args.target, args.steps, args.restarts, args.seed)]
+    out = Path(args.out) if args.out else None
+    res = evaluate_judged(metric, pool, args.n, name=metric.name, attacks=attacks, n_attack=args.limit,
+                          certified=args.certified or None, batch_size=args.batch_size, device=args.device,
+                          run_dir=str(out / "judged") if out else None, progress=progress)
+    lo = f", leave-one-out: labels from {', '.join(res['voters'])}" if res["leave_out"] else ""
+    c = res["counts"]
+    print(f"{metric.name} on the judged suite: {100 * res['natural']['overall']:.1f} % (n={res['n']}, "
+          f"{c['dropped']} of {c['labelled']} candidates dropped without consensus{lo})")
+    for k, v in res["kinds"].items():
+        print(f"  {k:<16} {100 * v:.1f}")
+    for a in res["attacks"]:
+        print("  attacked " + ", ".join(f"eps={e}: {100 * v:.1f}" for e, v in a["eps"].items()) + f" (n={a['n']})")
+    if res.get("certified"):
+        print("  certified " + ", ".join(f"{k}: {100 * v['overall']:.1f}" for k, v in res["certified"]["at"].items()))
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "judged.json").write_text(json.dumps(res, indent=1))
+        print(f"report: {out / 'judged.json'}")
     return 0

@@ -1,7 +1,16 @@
 """Parameter-free 1-Lipschitz (l2) building blocks: channel padding, sum pooling, invertible
 downsampling, truncation. Each has operator norm exactly 1 (padding, downsampling and flattening are
-isometries; pooling and truncation are contractions with norm 1)."""
+isometries; pooling and truncation are contractions with norm 1).
+
+Each also states its floating-point error (``float_error_terms(in_shape, dtype) -> (a, b)``: the
+computed output at a computed input x is within ``a·||x|| + b`` of the exact output), which
+``robustsim.certify.rounding`` sums over a network. Only the sum pool rounds; the others move or
+drop numbers and are exact.
+"""
 from __future__ import annotations
+
+import math
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +19,14 @@ from torch import nn
 __all__ = ["PadChannels", "SumPool2d", "InvertibleDownsample", "Truncate", "Flatten"]
 
 
-class PadChannels(nn.Module):
+class _Exact:
+    """Mixin: a layer that only moves, pads or drops numbers has no rounding error."""
+
+    def float_error_terms(self, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[float, float]:
+        return 0.0, 0.0
+
+
+class PadChannels(_Exact, nn.Module):
     """Zero-pad the channel dimension from ``in_channels`` to ``out_channels`` (an isometry)."""
 
     def __init__(self, out_channels: int, in_channels: int = 3):
@@ -44,11 +60,21 @@ class SumPool2d(nn.Module):
         k = self.kernel_size
         return F.avg_pool2d(x, k, stride=k, divisor_override=k)
 
+    def float_error_terms(self, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[float, float]:
+        """Each output is a sum of k² inputs (any order) then a division by k (or a product with a rounded
+        1/k): error <= γ(k²+2)·(Σ|x|)/k per output, and ||(Σ_window |x|)/k|| <= ||x|| (disjoint windows,
+        Cauchy-Schwarz), so a = γ(k²+2); b covers underflow."""
+        from .sll import gamma
+
+        fi = torch.finfo(dtype)
+        k2 = self.kernel_size**2
+        return gamma(k2 + 2, fi.eps / 2) * (1 + 1e-9), fi.tiny * (k2 + 2) * math.sqrt(math.prod(in_shape))
+
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, divisor={self.kernel_size}"
 
 
-class InvertibleDownsample(nn.Module):
+class InvertibleDownsample(_Exact, nn.Module):
     """Space-to-depth (PixelUnshuffle): C×H×W -> C·s²×(H/s)×(W/s), a permutation, hence an isometry.
 
     Lets the SLL convolutions run at a lower resolution without losing information or Lipschitz budget.
@@ -74,7 +100,7 @@ class InvertibleDownsample(nn.Module):
         return f"factor={self.factor}"
 
 
-class Truncate(nn.Module):
+class Truncate(_Exact, nn.Module):
     """Keep the first ``dim`` coordinates of a flat vector (a projection, norm 1)."""
 
     def __init__(self, dim: int):
@@ -90,5 +116,5 @@ class Truncate(nn.Module):
         return f"dim={self.dim}"
 
 
-class Flatten(nn.Flatten):
+class Flatten(_Exact, nn.Flatten):
     """nn.Flatten (an isometry), re-exported so every LipSim piece comes from this module."""

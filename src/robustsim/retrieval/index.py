@@ -4,8 +4,9 @@ Why: retrieval and near-duplicate detection need the gallery embedded once, stor
 identity (metric name, a hash of its weights, the embedding size) that a later search with another
 model is refused instead of silently returning nonsense.
 
-The index is one file (safetensors container, written to a temporary name and renamed, so a
-crash never leaves a half-written index under the real name):
+The index is one file (safetensors container, written to a temporary name, fsynced and renamed, so
+a crash never leaves a half-written index under the real name), or a *sharded* folder of such files
+committed by an atomically replaced manifest (see "sharded layout" below: many workers, cheap appends):
 
 - tensors ``embeddings`` (M×D float32 unit vectors, row i = file i), ``gnorms`` (M, float64: ||g(x)||
   of the raw features, certified metrics only), ``paths`` (UTF-8 JSON list as uint8), ``faiss``
@@ -284,6 +285,9 @@ class Index:
         from safetensors.numpy import save_file
 
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise InputError(f"{path} is a folder{' (a sharded index: use save_sharded or append_shard)' if is_sharded(path) else ''}; "
+                             "an index file needs a file name")
         faiss_bytes = np.zeros(0, dtype=np.uint8)
         if self.kind != "exact":
             faiss_bytes = _faiss().serialize_index(self.faiss_index)
@@ -304,18 +308,219 @@ class Index:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata={"robustsim-index": json.dumps(meta)})
+            _fsync_file(tmp)  # the bytes are on disk before the rename makes them the index
             publish(tmp, path)
+            _fsync_dir(path.parent)  # and the rename itself survives a power cut, not only a killed process
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
 
 
+def _fsync_file(path: PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: PathLike) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file via temp file + fsync + rename: readers see the old or the new, never half."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        publish(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ---------------------------------------------------------------------------------- sharded layout
+#
+# Why: a collection too large for one machine is embedded by several workers at once (see
+# :mod:`robustsim.retrieval.distributed`), each writing its own file; and a service that adds images
+# one upload at a time should not rewrite a million-row file per upload. A *sharded index* is a folder
+#
+#     MANIFEST.json            {"format": SHARDS_FORMAT, identity (metric, weights sha256, dim, certified,
+#                               kind, params, metric_ref), "shards": [{"file", "count"}, ...]}
+#     shard-00000.rsidx ...    ordinary single-file indexes (kind "exact": embeddings only)
+#
+# The manifest is the commit record: a shard counts once the manifest names it, and the manifest is
+# replaced atomically (temp file, fsync, rename) only after the shard file is complete on disk. A crash
+# at any moment leaves either the previous manifest (the new shard is an ignored orphan) or the new one.
+# Loading concatenates the shards in manifest order into one :class:`Index` of the manifest's kind, so
+# search(), certificates and the service work on a folder exactly as on a single file.
+
+SHARDS_FORMAT = "robustsim-index-shards/1"
+MANIFEST = "MANIFEST.json"
+SHARD_SUFFIX = ".rsidx"
+
+
+def is_sharded(path: PathLike) -> bool:
+    """True for a sharded index folder (or its MANIFEST.json)."""
+    p = Path(path).expanduser()
+    return (p.is_dir() and (p / MANIFEST).is_file()) or (p.name == MANIFEST and p.is_file())
+
+
+def _identity(ix: "Index") -> Dict[str, Any]:
+    return {"metric": ix.metric_name, "metric_ref": ix.metric_ref, "weights_sha256": ix.weights_sha256,
+            "dim": ix.dim, "certified": ix.certified, "kind": ix.kind, "params": dict(ix.params)}
+
+
+def read_manifest(folder: PathLike) -> Dict[str, Any]:
+    """The manifest of a sharded index folder (InputError when missing, corrupt or foreign)."""
+    folder = Path(folder).expanduser()
+    if folder.name == MANIFEST:
+        folder = folder.parent
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise InputError(f"{folder}: not a sharded index (no {MANIFEST})")
+    try:
+        man = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{mpath}: corrupt manifest ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(man, dict) or man.get("format") != SHARDS_FORMAT or not isinstance(man.get("shards"), list):
+        raise InputError(f"{mpath}: not a robustsim shard manifest (format {man.get('format') if isinstance(man, dict) else '?'!r})")
+    return man
+
+
+def write_manifest(folder: PathLike, identity: Dict[str, Any], shards: Sequence[Dict[str, Any]]) -> Path:
+    """Commit a list of shard files (each already complete on disk) as the folder's index, atomically."""
+    folder = Path(folder).expanduser()
+    for s in shards:
+        f = folder / s["file"]
+        if not f.is_file():
+            raise InputError(f"{folder}: shard {s['file']} does not exist; refusing to commit a manifest naming it")
+    man = {"format": SHARDS_FORMAT, **identity, "count": int(sum(int(s["count"]) for s in shards)),
+           "shards": [{"file": str(s["file"]), "count": int(s["count"])} for s in shards]}
+    path = folder / MANIFEST
+    _write_text_atomic(path, json.dumps(man, indent=1) + "\n")
+    return path
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{int(i):05d}{SHARD_SUFFIX}"
+
+
+def _next_shard_name(folder: Path, taken: Iterable[str]) -> str:
+    """A shard file name used neither by the manifest nor by an orphan left by a crash."""
+    taken = set(taken) | {p.name for p in folder.glob("shard-*" + SHARD_SUFFIX)}
+    i = len(taken)
+    while shard_name(i) in taken:
+        i += 1
+    return shard_name(i)
+
+
+def _shard_of(ix: "Index", rows: Optional[slice] = None) -> "Index":
+    """An exact-kind copy of (some rows of) ``ix``: shards store embeddings, the manifest the kind."""
+    rows = rows or slice(None)
+    return Index(metric_name=ix.metric_name, weights_sha256=ix.weights_sha256, dim=ix.dim, certified=ix.certified,
+                 kind="exact", params={}, paths=list(ix.paths[rows]), embeddings=ix.embeddings[rows],
+                 gnorms=ix.gnorms[rows], metric_ref=ix.metric_ref)
+
+
+def save_sharded(ix: "Index", folder: PathLike, shard_size: int = 1_000_000) -> Path:
+    """Write ``ix`` as a sharded index folder of ``ceil(len/shard_size)`` shards (replacing its manifest)."""
+    if int(shard_size) < 1:
+        raise InputError(f"shard_size must be >= 1, got {shard_size}")
+    folder = Path(folder).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = []
+    old = read_manifest(folder)["shards"] if (folder / MANIFEST).is_file() else []
+    taken = [s["file"] for s in old]
+    for start in range(0, max(len(ix), 1), int(shard_size)):
+        name = _next_shard_name(folder, taken + [s["file"] for s in shards])
+        part = _shard_of(ix, slice(start, start + int(shard_size)))
+        part.save(folder / name)
+        shards.append({"file": name, "count": len(part)})
+    path = write_manifest(folder, _identity(ix), shards)
+    for s in old:  # the previous shards are no longer referenced: remove them after the commit
+        if s["file"] not in {t["file"] for t in shards}:
+            try:
+                (folder / s["file"]).unlink()
+            except OSError:
+                pass
+    return path
+
+
+def append_shard(folder: PathLike, delta: "Index") -> Path:
+    """Commit the rows of ``delta`` as one new shard of an existing sharded index (an O(len(delta)) write).
+
+    The shard is written completely (atomically, fsynced) under a fresh name, then the manifest is
+    replaced: a crash in between leaves an orphan file that no manifest names, never a lost or
+    half-written entry.
+    """
+    folder = Path(folder).expanduser()
+    man = read_manifest(folder)
+    if delta.metric_name != man["metric"] or delta.weights_sha256 != man["weights_sha256"] or delta.dim != int(man["dim"]):
+        raise InputError(f"{folder}: the new rows come from {delta.metric_name!r} (dim {delta.dim}), the index from "
+                         f"{man['metric']!r} (dim {man['dim']})")
+    if len(delta) == 0:
+        return folder / MANIFEST
+    name = _next_shard_name(folder, [s["file"] for s in man["shards"]])
+    _shard_of(delta).save(folder / name)
+    identity = {k: man[k] for k in ("metric", "metric_ref", "weights_sha256", "dim", "certified", "kind", "params") if k in man}
+    return write_manifest(folder, identity, list(man["shards"]) + [{"file": name, "count": len(delta)}])
+
+
+def _load_sharded(folder: Path) -> "Index":
+    man = read_manifest(folder)
+    if folder.name == MANIFEST:
+        folder = folder.parent
+    if not man["shards"]:
+        raise InputError(f"{folder}: the manifest lists no shards")
+    parts = []
+    for s in man["shards"]:
+        part = _load_file(folder / s["file"])
+        if (part.metric_name != man["metric"] or part.weights_sha256 != man["weights_sha256"]
+                or part.dim != int(man["dim"])):
+            raise InputError(f"{folder / s['file']}: shard built with {part.metric_name!r} (dim {part.dim}), "
+                             f"the manifest says {man['metric']!r} (dim {man['dim']})")
+        if len(part) != int(s["count"]):
+            raise InputError(f"{folder / s['file']}: shard holds {len(part)} entries, the manifest says {s['count']}")
+        parts.append(part)
+    ix = Index(metric_name=man["metric"], weights_sha256=man["weights_sha256"], dim=int(man["dim"]),
+               certified=bool(man["certified"]), kind=man.get("kind", "exact"), params=dict(man.get("params") or {}),
+               paths=[p for part in parts for p in part.paths],
+               embeddings=np.concatenate([part.embeddings for part in parts]),
+               gnorms=np.concatenate([part.gnorms for part in parts]), metric_ref=man.get("metric_ref", ""))
+    if ix.kind != "exact":  # IVF/HNSW structures are built over the union, once, on load
+        ix._faiss_index = ix._build_faiss(train=True)
+    return ix
+
+
 def load_index(path: PathLike) -> Index:
-    """Read an index written by :meth:`Index.save`; a corrupt, truncated or foreign file is an InputError."""
+    """Read an index: a file written by :meth:`Index.save`, or a sharded index folder (its shards
+    concatenated in manifest order). A corrupt, truncated or foreign file is an InputError."""
+    path = Path(path).expanduser()
+    if is_sharded(path):
+        return _load_sharded(path)
+    if path.is_dir():
+        raise InputError(f"{path}: a folder without {MANIFEST} is not an index")
+    return _load_file(path)
+
+
+def _load_file(path: Path) -> Index:
     from safetensors import safe_open
 
-    path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such index file")
     try:
@@ -392,4 +597,6 @@ def build_index(metric: Any, folder: PathLike, kind: str = "exact", batch_size: 
     return ix
 
 
-__all__ = ["Index", "build_index", "load_index", "find_images", "weights_hash", "embed_batch", "KINDS", "FORMAT"]
+__all__ = ["Index", "build_index", "load_index", "find_images", "weights_hash", "embed_batch", "KINDS", "FORMAT",
+           "SHARDS_FORMAT", "MANIFEST", "is_sharded", "read_manifest", "write_manifest", "save_sharded", "append_shard",
+           "shard_name"]

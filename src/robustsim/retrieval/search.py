@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .. import certify
+from ..certify import geometry
 from ..errors import InputError
 from ..io import check_images, load_image
-from .index import Index, _raw_features
+from .fast_top1 import certified_top1
+from .index import Index
 
 _EPS32 = float(np.finfo(np.float32).eps)
 _EPS64 = float(np.finfo(np.float64).eps)
@@ -110,29 +111,16 @@ def _ivf_candidates(ix: Index, lists, u: np.ndarray, start: np.ndarray) -> np.nd
         cand = new
 
 
-def _threshold_radius(metric: Any, gq: torch.Tensor, K: float, rel: float, v: torch.Tensor, Gv: torch.Tensor,
-                      tau: float):
+def _threshold_radius(bq: "geometry.BoundedFeatures", v: torch.Tensor, Gv: torch.Tensor, tau: float, dim: int):
     """Decisions ``d(q, b) <= tau`` and their certified radii, query perturbed, b stored (unit v, norm Gv).
 
     The threshold certificate of :func:`robustsim.certify.threshold`, fed with stored embeddings instead
-    of images (same helpers, same float-error allowance).
+    of images. A stored vector is what the decision uses (distances are computed from it exactly in
+    float64), so it carries no float allowance beyond our own float64 arithmetic.
     """
-    n = v.shape[0]
-    g = gq.expand(n, -1)
-    G = g.norm(dim=1)
-    eq = SimpleNamespace(g=g, G=G, u=g / G.clamp_min(1e-300)[:, None], K=K, dtype=torch.float32)
-    ey = SimpleNamespace(g=v * Gv[:, None], G=Gv, u=v, K=1.0, dtype=torch.float32)
-    d = (eq.u - ey.u).pow(2).sum(-1) / 2
-    decision = d <= tau
-    dim = v.shape[1]
-
-    def pred(eps: torch.Tensor) -> torch.Tensor:
-        lo_a, hi_a = certify._interval_angles(eq, ey, eps, "x", rel)
-        lo, hi = certify._outward(certify._d_of_angle(lo_a), certify._d_of_angle(hi_a), torch.float32, dim)
-        return torch.where(decision, hi <= tau, lo > tau)
-
-    hi_eps = (eq.G * (1 - 3 * rel) / (eq.K * (1 + rel))).clamp_min(0)
-    return decision, certify._largest(pred, hi_eps)
+    stored = geometry.BoundedFeatures(v * Gv[:, None], 16.0 * dim * _EPS64 * Gv, 1.0, 1.0, torch.float32, "stored")
+    decision, radius, _ = geometry.threshold_radius(bq.expand(v.shape[0]), stored, tau, "x")
+    return decision, radius
 
 
 def _load_query(q: Union[str, torch.Tensor], min_size: int):
@@ -171,20 +159,22 @@ def search(ix: Index, metric: Any, queries: Sequence[Union[str, torch.Tensor]], 
     dev = next((p.device for p in metric.parameters()), torch.device("cpu"))
     fi = ix.faiss_index
     lists = ix.ivf_lists() if (certified and certify_top1 and ix.kind == "ivf") else None
-    emb_t = torch.from_numpy(ix.embeddings)
-    if certified and certify_top1 and emb_t.numel() <= 2 ** 27:  # up-cast once (top1_radius works in float64)
+    emb32 = emb_t = torch.from_numpy(ix.embeddings)
+    if certified and certify_top1 and ix.kind == "ivf" and emb_t.numel() <= 2 ** 27:  # up-cast once for IVF subsets
         emb_t = emb_t.double()
+    if certified and certify_top1:  # top1_radius's contract (unit rows), checked once rather than per query
+        geometry.check_unit_rows(emb_t)
     out = []
     for q in tqdm(queries, desc="search", disable=not progress or None):
         name, x = _load_query(q, int(getattr(metric, "min_size", 1)))
         with torch.no_grad():
-            if certified:
-                g = _raw_features(metric, x.to(dev)).double().cpu()[0]
-                G = float(g.norm())
-                u = (g / max(G, 1e-300)).numpy()
-            else:
-                u = metric.embed(x.to(dev)).double().cpu()[0].numpy()
-                u = u / max(np.linalg.norm(u), 1e-300)
+            # ranking and distances: the metric's own features, normalised in float64 (as the index stores them)
+            feats = metric.raw_features if hasattr(metric, "raw_features") else metric.embed
+            u = feats(x.to(dev)).double().cpu()[0].numpy()
+            u = u / max(np.linalg.norm(u), 1e-300)
+            if certified:  # certificates: features with a proven float allowance (float64 recomputation)
+                bq = certify.bounded_features(metric, x.to(dev), "query")
+                G = float(bq.G[0])
         if u.shape[0] != ix.dim:
             raise InputError(f"embedding dimension mismatch: the index stores {ix.dim}-d vectors, the metric gives {u.shape[0]}")
         ks = min(len(ix), 2 * k + 10)
@@ -192,17 +182,18 @@ def search(ix: Index, metric: Any, queries: Sequence[Union[str, torch.Tensor]], 
         cand = ids[0][ids[0] >= 0]
         res = QueryResult(query=name)
         if certified and certify_top1:
-            K = float(metric.lipschitz) * float(metric.resize.norm(tuple(x.shape[-2:])))
-            rel = certify.feature_error_allowance(metric, torch.float32, ix.dim)
             if ix.kind == "ivf":
-                rows = _ivf_candidates(ix, lists, u, cand)
+                rows = _ivf_candidates(ix, lists, bq.u[0].numpy(), cand)  # about the certified top-1
                 if len(rows) == len(ix):  # every row is a candidate: score the gallery as it is
                     rows, gal = None, emb_t
                 else:
                     gal = emb_t[torch.from_numpy(rows)]
             else:
                 rows, gal = None, emb_t
-            c = certify.top1_radius(g[None], gal, lipschitz=K, rel_error=rel, gallery_error=_gallery_error(ix.dim))
+            if rows is None:  # one float32 pass, exact scores only for the rows that can matter (fast_top1)
+                c = certified_top1(bq, emb32, gallery_error=_gallery_error(ix.dim), unit_checked=True)
+            else:
+                c = certify.top1_radius(bq, gal, gallery_error=_gallery_error(ix.dim), unit_checked=True)
             top = int(c.index[0]) if rows is None else int(rows[int(c.index[0])])
             res.top1_radius, res.top1_margin, res.gnorm = float(c.radius[0]), float(c.margin[0]), G
             res.candidates_checked = len(ix) if rows is None else len(rows)
@@ -218,9 +209,7 @@ def search(ix: Index, metric: Any, queries: Sequence[Union[str, torch.Tensor]], 
                 v = torch.from_numpy(ix.embeddings[sel].astype(np.float64))
                 v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)
                 Gv = torch.from_numpy(np.nan_to_num(ix.gnorms[sel], nan=1.0))
-                rel = certify.feature_error_allowance(metric, torch.float32, ix.dim)
-                K = float(metric.lipschitz) * float(metric.resize.norm(tuple(x.shape[-2:])))
-                dec, rad = _threshold_radius(metric, g[None], K, rel, v, Gv, float(tau))
+                dec, rad = _threshold_radius(bq, v, Gv, float(tau), ix.dim)
                 for n_, dd, rr in zip(res.neighbours, dec.tolist(), rad.tolist()):
                     n_.duplicate, n_.duplicate_radius = bool(dd), float(rr)
             else:

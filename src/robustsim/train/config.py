@@ -48,11 +48,15 @@ class OptimSection:
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
 
 
+#: data.kind values of the 2AFC recipes (train/data.py builds each).
+TRIPLET_KINDS = ("bapps", "nights", "photos-ordering", "photos-teacher", "judged", "tensors")
+
+
 @dataclass
 class TripletDataSection:
     """2AFC triplets with judgments: BAPPS layout, NIGHTS layout, or the offline photo suites."""
 
-    kind: str = "bapps"  # "bapps", "nights", "photos-ordering", "photos-teacher", "tensors"
+    kind: str = "bapps"  # one of TRIPLET_KINDS
     root: Optional[str] = None  # dataset root (bapps/nights) or a .pt/.safetensors file of tensors
     split: str = "train"
     subsets: Optional[List[str]] = None  # BAPPS: traditional, cnn, mix
@@ -80,6 +84,8 @@ class PhotoDataSection:
     jitter_p: float = 0.8  # ColorJitter(0.4, 0.4, 0.2, 0.1) probability
     grayscale_p: float = 0.2
     view_mode: str = "both"  # "both": plain and jittered view of every crop per step; "random": one of the two (half the cost)
+    second_view: str = "jitter"  # the second view: "jitter" (colour jitter, LipSim's), "distort" (a random kind of the
+    #                              distortion registry at a judged-suite strength) or "mixed" (either, half the crops each)
     cache_dir: Optional[str] = None  # teacher-embedding cache (default: <out_dir>/teacher_cache)
 
 
@@ -322,9 +328,11 @@ def _validate(cfg: RecipeConfig) -> None:
         raise InputError(f"teacher.target must be features or embed, got {cfg.teacher.target!r}")
     if cfg.recipe == "distill" and cfg.data.view_mode not in ("both", "random"):
         raise InputError(f"data.view_mode must be both or random, got {cfg.data.view_mode!r}")
-    if cfg.recipe != "distill" and cfg.data.kind not in ("bapps", "nights", "photos-ordering", "photos-teacher", "tensors"):
+    if cfg.recipe == "distill" and cfg.data.second_view not in ("jitter", "distort", "mixed"):
+        raise InputError(f"data.second_view must be jitter, distort or mixed, got {cfg.data.second_view!r}")
+    if cfg.recipe != "distill" and cfg.data.kind not in TRIPLET_KINDS:
         raise InputError(
-            f"data.kind must be bapps, nights, photos-ordering, photos-teacher or tensors, got {cfg.data.kind!r}"
+            f"data.kind must be one of {', '.join(TRIPLET_KINDS)}, got {cfg.data.kind!r}"
         )
 
 

@@ -2,7 +2,8 @@
 
 ``judge`` is the fraction of judges preferring x1 (BAPPS convention): 1.0 means x1 is the closer one.
 Sources: BAPPS (``data/bapps.py``), NIGHTS (``data/night.py``), the offline photo suites
-(``data/photos.py``: ordering and teacher-labelled) and a tensor file (``.pt``/``.safetensors`` with
+(``data/photos.py``: ordering and teacher-labelled; ``data/judged.py``: labelled by the consensus of
+human-calibrated metrics) and a tensor file (``.pt``/``.safetensors`` with
 ``ref``, ``x0``, ``x1`` and ``judge`` or ``label``) for data prepared elsewhere.
 """
 from __future__ import annotations
@@ -103,6 +104,11 @@ def build_triplets(d: TripletDataSection, seed: int = 0) -> TripletTrainData:
             teacher = load(opts.pop("teacher", "effnet-lite0-cosine"))
             base = photos.TeacherSuite(teacher, n=n, size=d.size, split=d.split, seed=opts.pop("seed", seed),
                                        extra_dirs=extra, **opts)
+    elif d.kind == "judged":
+        from ..data.judged import judged_triplets
+
+        n = opts.pop("n", d.limit or 1000)
+        base = judged_triplets(n, split=d.split, size=d.size, seed=opts.pop("seed", seed), **opts)
     else:  # pragma: no cover - rejected by config validation
         raise InputError(f"unknown data.kind {d.kind!r}")
     return TripletTrainData(base, d.size, d.limit)

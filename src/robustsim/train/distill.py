@@ -97,6 +97,7 @@ def cache_key(d: PhotoDataSection, teacher_desc: Dict[str, Any], seed: int, sour
         "teacher": teacher_desc, "seed": seed, "photos": sorted(s.path or s.name for s in sources),
         "num_crops": d.num_crops, "size": d.view_size, "scales": list(d.crop_scales), "flip": d.flip,
         "jitter_p": d.jitter_p, "grayscale_p": d.grayscale_p,
+        **({} if d.second_view == "jitter" else {"second_view": d.second_view}),  # old caches keep their key
     }, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -105,6 +106,29 @@ def _write_meta(meta_path: Path, meta: Dict[str, Any]) -> None:
     tmp = meta_path.with_name("meta.json.tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, meta_path)
+
+
+def second_view(plain: torch.Tensor, d: PhotoDataSection, seed: int, i: int) -> torch.Tensor:
+    """The second stored view of crop i (1×3×S×S): colour-jittered, or distorted like a judged-suite candidate.
+
+    Distorted views teach the student how the teacher moves under the distortions it will be asked to
+    rank (blur, noise, compression, small geometric changes ...), not only under colour changes.
+    """
+    from .augment import color_jitter
+
+    rng = np.random.default_rng(_mix(seed, i, 0xD15))
+    mode = d.second_view
+    if mode == "mixed":
+        mode = "distort" if rng.random() < 0.5 else "jitter"
+    if mode == "jitter":
+        return color_jitter(plain, torch.Generator().manual_seed(_mix(seed, i, 0xC01)), p=d.jitter_p,
+                            gray_p=d.grayscale_p)
+    from ..data.distortions import KINDS
+
+    kind = list(KINDS.values())[int(rng.integers(len(KINDS)))]
+    lo, hi = kind.judged
+    strength = float(rng.uniform(lo, hi))
+    return kind.fn(plain[0], strength, int(rng.integers(2 ** 31)))[None].clamp(0, 1)
 
 
 def build_cache(root: Path, d: PhotoDataSection, teacher: nn.Module, key: str, sources: List[Any], seed: int,
@@ -118,7 +142,6 @@ def build_cache(root: Path, d: PhotoDataSection, teacher: nn.Module, key: str, s
     from tqdm.auto import tqdm
 
     from ..data import photos
-    from .augment import color_jitter
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -149,11 +172,7 @@ def build_cache(root: Path, d: PhotoDataSection, teacher: nn.Module, key: str, s
         for start in tqdm(starts, desc="teacher embeddings", unit="batch"):
             idx = list(range(start, min(n, start + batch_size)))
             plain = torch.stack([crops[i] for i in idx])
-            jit = torch.cat([
-                color_jitter(plain[k:k + 1], torch.Generator().manual_seed(_mix(seed, i, 0xC01)),
-                             p=d.jitter_p, gray_p=d.grayscale_p)
-                for k, i in enumerate(idx)
-            ])
+            jit = torch.cat([second_view(plain[k:k + 1], d, seed, i) for k, i in enumerate(idx)])
             both = torch.stack([plain, jit], 1)  # B×2×3×S×S
             q = (both * 255).round().clamp(0, 255).to(torch.uint8)
             x = q.float().div(255).flatten(0, 1).to(device)  # the teacher sees exactly the stored pixels

@@ -82,9 +82,7 @@ class FinetuneRecipe(Recipe):
         cert_eps = self.cfg.loss.cert_eps
         x = torch.cat([ref, x0, x1])
         if cert_eps > 0:
-            from ..certify import _raw_features
-
-            g = _raw_features(module, x).float()
+            g = module.raw_features_checked(x).float()
             G = g[:n].norm(dim=1)
             e = F.normalize(g, dim=1, eps=NORM_EPS)
             K = float(module.lipschitz) * float(module.resize.norm(tuple(ref.shape[-2:])))
