@@ -35,11 +35,11 @@ def main() -> None:
     import lpips
 
     import robustsim
-    from robustsim.metrics.lpips import _load_into, from_reference_state
+    from robustsim.metrics.lpips import load_into, from_reference_state
 
     ref = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
     ours = robustsim.load("lpips-alex", pretrained_trunk=False)
-    _load_into(ours, from_reference_state(ours, ref.state_dict(), "reference", need_trunk=True, need_lin=True))
+    load_into(ours, from_reference_state(ours, ref.state_dict(), "reference", need_trunk=True, need_lin=True))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, median of {args.reps}")
     print("| size | mode | robustsim pairs/s | lpips pairs/s | ratio |")

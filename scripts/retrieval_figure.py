@@ -39,13 +39,13 @@ def load_metric(name: str):
 
 def make_data(n_crops: int, size: int, seed: int):
     """(gallery crops, distorted queries, distortion names); query i is a distortion of crop i."""
-    from robustsim.data.photos import DISTORTIONS, _item_rng, distort, random_crop, select_photos
+    from robustsim.data.photos import ORDERING_KINDS, distort, item_rng, random_crop, select_photos
 
     srcs = select_photos("heldout")
-    kinds = sorted(DISTORTIONS)
+    kinds = sorted(ORDERING_KINDS)  # the 11 kinds the published figure used
     gallery, queries, labels = [], [], []
     for i in range(n_crops):
-        rng = _item_rng(seed, i, "retrieval")
+        rng = item_rng(seed, i, "retrieval")
         src = srcs[i % len(srcs)]
         crop = random_crop(src.load(), rng, size, (0.35, 0.8))
         kind = kinds[i % len(kinds)]

@@ -14,7 +14,7 @@ import torch
 
 import robustsim  # noqa: F401  (installs the torchvision import hook torchmetrics' LPIPS relies on here)
 from robustsim.errors import InputError
-from robustsim.metrics.lpips import _load_into, from_reference_state
+from robustsim.metrics.lpips import load_into, from_reference_state
 
 tm_lpip = pytest.importorskip("torchmetrics.image.lpip")
 from robustsim.adapters.torchmetrics import LearnedPerceptualImagePatchSimilarity, PerceptualSimilarity  # noqa: E402
@@ -37,7 +37,7 @@ def pair_of_metrics():
     finally:
         tm_lpip._NoTrainLpips = original
     ours = robustsim.load("lpips-alex", pretrained_trunk=False)
-    _load_into(ours, from_reference_state(ours, theirs.net.state_dict(), "torchmetrics", need_trunk=True, need_lin=True))
+    load_into(ours, from_reference_state(ours, theirs.net.state_dict(), "torchmetrics", need_trunk=True, need_lin=True))
     return theirs, ours
 
 

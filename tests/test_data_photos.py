@@ -63,7 +63,7 @@ def test_photos_module_reexports_the_split_modules():
     assert P.PhotoSource is catalogue.PhotoSource and P.split_of is catalogue.split_of
     assert P.DISTORTIONS is distortions.DISTORTIONS and P.distort is distortions.distort
     assert P.OrderingSuite is suites.OrderingSuite and P.TeacherSuite is suites.TeacherSuite
-    assert P.RandomCrops is suites.RandomCrops and P._item_rng is catalogue._item_rng
+    assert P.RandomCrops is suites.RandomCrops and P.item_rng is catalogue.item_rng
 
 
 def test_bad_photo_inputs(tmp_path):

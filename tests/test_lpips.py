@@ -20,7 +20,7 @@ from robustsim import hub
 from robustsim.backbones.torchvision_trunks import Trunk
 from robustsim.download import sha256_file
 from robustsim.errors import InputError, OfflineError, WeightsError
-from robustsim.metrics.lpips import (LPIPS, Dist2Logit, _load_into, from_reference_state, lin_weight_file,
+from robustsim.metrics.lpips import (LPIPS, Dist2Logit, load_into, from_reference_state, lin_weight_file,
                                      trunk_weight_file)
 
 from conftest import real_photo
@@ -55,7 +55,7 @@ def reference(net: str, version: str = "0.1", **kw):
 def ours_like(ref, net: str, version: str = "0.1", **kw) -> LPIPS:
     """Our metric with the reference's exact weights."""
     m = robustsim.load(f"lpips-{net}", version=version, pretrained_trunk=False, **kw)
-    _load_into(m, from_reference_state(m, ref.state_dict(), "reference", need_trunk=True, need_lin=m.lpips))
+    load_into(m, from_reference_state(m, ref.state_dict(), "reference", need_trunk=True, need_lin=m.lpips))
     return m
 
 

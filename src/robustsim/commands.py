@@ -138,7 +138,7 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def _device(name: str):
+def device_from_arg(name: str):
     import torch
 
     from .errors import InputError
@@ -165,14 +165,14 @@ def metric_name(ref) -> str:
     return hub.model_spec(ref).name
 
 
-def _load_metric(args: argparse.Namespace):
+def load_metric_arg(args: argparse.Namespace):
     from . import hub
 
-    dev = _device(args.device)
+    dev = device_from_arg(args.device)
     return hub.load(metric_name(args.metric), device=dev)
 
 
-def _require_files(*paths: str) -> None:
+def require_files(*paths: str) -> None:
     """Fail fast (before loading a model) on paths that are not files."""
     from .errors import InputError
 
@@ -272,11 +272,11 @@ def cmd_distance(args: argparse.Namespace) -> int:
         raise InputError("--out applies to folder mode (distance DIR_A DIR_B, or DIR --all-pairs)")
     if args.map:
         _check_map_path(args.map)
-    metric = _load_metric(args)
+    metric = load_metric_arg(args)
     if args.map and not callable(getattr(metric, "spatial_map", None)):
         raise InputError(f"--map needs a metric with a spatial distance map (lpips-alex, lpips-vgg, lpips-squeeze, "
                          f"rlpips-*); {metric.name or type(metric).__name__} has none")
-    dev = _device(args.device)
+    dev = device_from_arg(args.device)
     x, y = _read(str(a), metric, dev), _read(str(b), metric, dev)
     d = _distance(metric, x, y, (str(a), str(b)))
     result: Dict[str, Any] = {"metric": metric.name, "a": str(a), "b": str(b), "distance": d}
@@ -360,8 +360,8 @@ def _distance_all_pairs(args: argparse.Namespace, folder: Path) -> int:
     files = io.list_images(folder)
     if len(files) < 2:
         raise InputError(f"{folder}: --all-pairs needs at least 2 images, found {len(files)}")
-    metric = _load_metric(args)
-    dev = _device(args.device)
+    metric = load_metric_arg(args)
+    dev = device_from_arg(args.device)
     images = [_read(str(f), metric, dev) for f in tqdm(files, desc="read", unit="image", leave=False)]
     same = len({tuple(x.shape[-2:]) for x in images}) == 1
     if metric.input_size is None and not same:
@@ -418,8 +418,8 @@ def _distance_folders(args: argparse.Namespace, a: Path, b: Path) -> int:
         print(f"robustsim: {len(only_b)} image(s) only in {b}: {', '.join(only_b[:10])}{' ...' if len(only_b) > 10 else ''}", file=sys.stderr)
     if not pairs:
         raise InputError(f"no images with the same name in {a} and {b}")
-    metric = _load_metric(args)
-    dev = _device(args.device)
+    metric = load_metric_arg(args)
+    dev = device_from_arg(args.device)
     rows: List[Dict[str, Any]] = []
     for stem, pa, pb in tqdm(pairs, desc="distance", unit="pair"):
         d = _distance(metric, _read(str(pa), metric, dev), _read(str(pb), metric, dev), (str(pa), str(pb)))
@@ -455,9 +455,9 @@ def _tie_words(d0: float, d1: float) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    _require_files(args.ref, args.x0, args.x1)
-    metric = _load_metric(args)
-    dev = _device(args.device)
+    require_files(args.ref, args.x0, args.x1)
+    metric = load_metric_arg(args)
+    dev = device_from_arg(args.device)
     ref, x0, x1 = (_read(p, metric, dev) for p in (args.ref, args.x0, args.x1))
     d0 = _distance(metric, ref, x0, (args.ref, args.x0))
     d1 = _distance(metric, ref, x1, (args.ref, args.x1))

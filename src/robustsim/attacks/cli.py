@@ -64,17 +64,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(paths: List[str], dev):
-    from ..commands import _require_files
+    from ..commands import require_files
     from ..io import load_image
 
-    _require_files(*paths)
+    require_files(*paths)
     return [load_image(p).to(dev) for p in paths]
 
 
 def _metric(args):
-    from ..commands import _load_metric
+    from ..commands import load_metric_arg
 
-    return _load_metric(args)
+    return load_metric_arg(args)
 
 
 def _out_dir(args) -> Path:

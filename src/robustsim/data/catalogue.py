@@ -12,7 +12,7 @@ training recipe may use them**; evaluation suites default to them. Extra folders
 ``scripts/fetch_photos.sh`` puts in ``work_data/photos``).
 
 Crops: :func:`random_crop`, :func:`textured_crop` (redraws flat crops), :func:`crop_resize`, and
-:func:`_item_rng` -- an RNG that is a pure function of (seed, index, salt), which is what makes every
+:func:`item_rng` -- an RNG that is a pure function of (seed, index, salt), which is what makes every
 suite item independent of order, workers and process.
 """
 from __future__ import annotations
@@ -212,7 +212,7 @@ def _load_cached(src: PhotoSource) -> torch.Tensor:
 # --------------------------------------------------------------------------- crops
 
 
-def _item_rng(seed: int, index: int, salt: str) -> np.random.Generator:
+def item_rng(seed: int, index: int, salt: str) -> np.random.Generator:
     """An RNG that depends only on (seed, index, salt): items are order- and worker-independent."""
     h = hashlib.sha256(f"{salt}:{int(seed)}:{int(index)}".encode()).digest()
     return np.random.default_rng(int.from_bytes(h[:8], "little"))

@@ -55,7 +55,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError, WeightsError
-from .catalogue import MIN_CROP_STD, PhotoSource, _item_rng, crop_resize, select_photos
+from .catalogue import MIN_CROP_STD, PhotoSource, item_rng, crop_resize, select_photos
 from .distortions import KINDS, check_kinds, distort
 from .suites import TripletDataset
 
@@ -301,7 +301,7 @@ class _Labelled:
         if not self.windows:
             raise InputError(f"no textured {self.size}-px windows in the {split} photos")
         self.n_candidates = len(self.windows) * self.per_window
-        order_rng = _item_rng(self.seed, 0, f"{self._salt}-order")
+        order_rng = item_rng(self.seed, 0, f"{self._salt}-order")
         self._order = order_rng.permutation(self.n_candidates)
         key = self._key()
         self.cache_key = key
@@ -423,14 +423,14 @@ class JudgedPool(_Labelled):
         """The unordered kind pair of candidate c: a seeded cycle over all pairs (each equally frequent)."""
         q, r = divmod(int(c), len(self._pairs))
         if q not in self._cycles:
-            self._cycles[q] = _item_rng(self.seed, q, "judged-pairs").permutation(len(self._pairs))
+            self._cycles[q] = item_rng(self.seed, q, "judged-pairs").permutation(len(self._pairs))
         a, b = self._pairs[int(self._cycles[q][r])]
         return self.kinds[a], self.kinds[b]
 
     def pair_of_ordered(self, c: int) -> Tuple[str, str]:
         """(kind of x0, kind of x1) of candidate c."""
         ka, kb = self.pair_of(c)
-        if _item_rng(self.seed, c, "judged").integers(2):
+        if item_rng(self.seed, c, "judged").integers(2):
             ka, kb = kb, ka
         return ka, kb
 
@@ -439,7 +439,7 @@ class JudgedPool(_Labelled):
         if not 0 <= c < self.n_candidates:
             raise IndexError(c)
         ka, kb = self.pair_of(c)
-        rng = _item_rng(self.seed, c, "judged")
+        rng = item_rng(self.seed, c, "judged")
         if rng.integers(2):
             ka, kb = kb, ka
         t = rng.uniform()
@@ -668,7 +668,7 @@ class JudgedPairs(_Labelled, Dataset):
         if not 0 <= c < self.n_candidates:
             raise IndexError(c)
         kind = self.kinds[c % len(self.kinds)]
-        rng = _item_rng(self.seed, c, self._salt)
+        rng = item_rng(self.seed, c, self._salt)
         lo, hi = KINDS[kind].judged
         w, _ = self._window_of(c)
         return {"photo": self.sources[w.photo].name, "kind": kind, "s": float(lo + rng.uniform() * (hi - lo)),

@@ -14,7 +14,7 @@ and every public (and a few private, used by scripts) name is re-exported here u
 from __future__ import annotations
 
 from .catalogue import (BUILTIN, EXTRA_HELDOUT_MODULUS, HELDOUT, MIN_CROP_STD, PHOTOS_ENV, PhotoSource,  # noqa: F401
-                        _item_rng, _load_cached, crop_resize, heldout_photos, photo_sources, random_crop,
+                        item_rng, _load_cached, crop_resize, heldout_photos, photo_sources, random_crop,
                         select_photos, split_of, textured_crop, train_photos)
 from .distortions import (DISTORTIONS, FAMILIES, KINDS, ORDERING_KINDS, DistortionKind, brightness,  # noqa: F401
                           check_kinds, color_jitter, colour_shift, contrast, distort, elastic, gaussian_blur,

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from .catalogue import PhotoSource, _item_rng, random_crop, select_photos, textured_crop
+from .catalogue import PhotoSource, item_rng, random_crop, select_photos, textured_crop
 from .distortions import DISTORTIONS, ORDERING_KINDS, color_jitter, distort
 
 PathLike = Union[str, os.PathLike]
@@ -92,7 +92,7 @@ class _CropSuite(TripletDataset):
         """(rng, crop, photo source) of item i: the item's own RNG, after drawing its crop."""
         if not 0 <= i < self.n:
             raise IndexError(i)
-        rng = _item_rng(self.seed, i, salt)
+        rng = item_rng(self.seed, i, salt)
         crop, src = textured_crop(self.sources, rng, self.size, self.scale)
         return rng, crop, src
 
@@ -289,7 +289,7 @@ class RandomCrops(Dataset):
     def __getitem__(self, i: int):
         if not 0 <= i < self.n:
             raise IndexError(i)
-        rng = _item_rng(self.seed, i, "crops")
+        rng = item_rng(self.seed, i, "crops")
         src = self.sources[int(rng.integers(len(self.sources)))]
         s = self.scales[int(rng.integers(len(self.scales)))]
         jitter = 0.9 + 0.1 * rng.uniform()  # +-10 % around the nominal scale

@@ -6,7 +6,8 @@ NIGHTS' accuracy against the majority). Reported overall and per group (BAPPS ca
 ImageNet / non-ImageNet, distortion kind of the offline suites).
 
 Certified evaluation (certified metrics only) takes the distances *and* the radii from one call of
-:func:`robustsim.certify.two_afc` (one forward pass per image, the same as the natural evaluation):
+:func:`robustsim.certify.two_afc` (one forward pass per image, in float64 for the proven rounding
+bound, so about 4× the natural evaluation's cost on CPU; docs/BENCHMARKS.md):
 a triplet counts at budget ε when its decision scores and its radius exceeds ε
 (``radius > ε``, :meth:`TwoAFCCertificate.certified`). With soft BAPPS judgments the certified
 score at ε is the mean of ``score · 1[radius > ε]``.

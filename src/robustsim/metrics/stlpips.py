@@ -25,7 +25,7 @@ import torch
 
 from .. import hub
 from ..errors import InputError
-from .lpips import LPIPS, SCALE, SHIFT, _load_into
+from .lpips import LPIPS, SCALE, SHIFT, load_into
 
 STLPIPS_PKG = "stlpips-pytorch==0.0.2"
 _SHA256 = {
@@ -127,7 +127,7 @@ def build_stlpips(spec: Optional[hub.ModelSpec] = None, weights: Optional[str] =
     state = hub.load_state_dict(path)
     if not lpips:
         state = {k: v for k, v in state.items() if not k.startswith("lin")}
-    _load_into(metric, from_stlpips_state(metric, state, str(path)))
+    load_into(metric, from_stlpips_state(metric, state, str(path)))
     return metric.eval()
 
 

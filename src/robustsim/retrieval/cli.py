@@ -37,12 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
 
-def _load_metric(ref, weights, device):
+def load_metric_arg(ref, weights, device):
     from .. import hub
-    from ..commands import _device, metric_name
+    from ..commands import device_from_arg, metric_name
 
     ref = metric_name(ref)
-    return hub.load(ref, weights=weights, device=_device(device)) if weights else hub.load(ref, device=_device(device))
+    return hub.load(ref, weights=weights, device=device_from_arg(device)) if weights else hub.load(ref, device=device_from_arg(device))
 
 
 def _metric_ref(ref):
@@ -70,7 +70,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.update:
         ix = load_index(out)
-        metric = _load_metric(args.metric or ix.metric_ref, args.weights, args.device)
+        metric = load_metric_arg(args.metric or ix.metric_ref, args.weights, args.device)
         ix.check_metric(metric)
         folder = Path(args.folder)
         files = find_images(folder)
@@ -79,7 +79,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         removed = ix.remove(gone)
         added = ix.add_images(metric, files, batch_size=args.batch_size, progress=True)
     else:
-        metric = _load_metric(args.metric, args.weights, args.device)
+        metric = load_metric_arg(args.metric, args.weights, args.device)
         params = {}
         if args.kind == "ivf":
             params = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None}
@@ -101,7 +101,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search import search
 
     ix = load_index(args.index)
-    metric = _load_metric(args.metric or ix.metric_ref, args.weights, args.device)
+    metric = load_metric_arg(args.metric or ix.metric_ref, args.weights, args.device)
     results = search(ix, metric, args.queries, k=args.k, tau=args.tau)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))

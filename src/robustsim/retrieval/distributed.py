@@ -113,7 +113,7 @@ def run_worker(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     import torch.distributed as dist
 
     from .. import hub
-    from ..commands import _device
+    from ..commands import device_from_arg
     from ..errors import InputError
     from .index import (MANIFEST, SHARD_SUFFIX, Index, _identity, find_images, metric_label, read_manifest,
                         weights_hash, write_manifest)
@@ -121,7 +121,7 @@ def run_worker(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     torch.set_num_threads(max(1, int(args.threads)))
-    device = _device(f"cuda:{local_rank}" if args.device == "cuda" else args.device)
+    device = device_from_arg(f"cuda:{local_rank}" if args.device == "cuda" else args.device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     own_group = not dist.is_initialized()
     if own_group:

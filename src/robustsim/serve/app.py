@@ -144,13 +144,13 @@ class Service:
 
     def __init__(self, config: ServeConfig):
         from .. import hub
-        from ..commands import _device
+        from ..commands import device_from_arg
 
         self.config = config
         self.limits = config.limits
         if config.threads:
             torch.set_num_threads(int(config.threads))
-        self.device = _device(config.device)
+        self.device = device_from_arg(config.device)
         self.index = None
         self.index_path: Optional[Path] = None
         if config.index:
