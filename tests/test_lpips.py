@@ -307,7 +307,6 @@ def test_trunk_weights_whole_classifier_or_features_only(tmp_path):
     x, y = pair(2, 64, 64)
     assert torch.equal(a(x, y), b(x, y))
     # same numbers as the reference with that trunk
-    ref = reference("alex")
     ref2 = _lpips_pkg().LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False).eval()
     for name, mod in ref2.net.named_modules():
         if isinstance(mod, torch.nn.Conv2d):

@@ -239,7 +239,6 @@ def test_color_jitter_probabilities_and_range():
 
 
 def test_interrupted_teacher_cache_build_continues_where_it_stopped(tmp_path, teacher_env, monkeypatch):
-    import numpy as np
 
     from robustsim.train import distill
 

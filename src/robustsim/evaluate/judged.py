@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..data.suites import TripletDataset
 from ..errors import InputError
-from .twoafc import PAPER_CERT_EPS, AttackSpec, evaluate_2afc, twoafc_scores
+from .twoafc import PAPER_CERT_EPS, AttackSpec, evaluate_2afc
 
 PathLike = Union[str, os.PathLike]
 

@@ -338,12 +338,13 @@ def _fsync_dir(folder: PathLike) -> None:
         os.close(fd)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write a small text file via temp file + fsync + rename: readers see the old or the new, never half."""
+def write_atomic(path: Path, data: Union[str, bytes]) -> None:
+    """Write a small file via temp file + fsync + rename: readers see the old or the new, never half."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         publish(tmp, path)
@@ -412,7 +413,7 @@ def write_manifest(folder: PathLike, identity: Dict[str, Any], shards: Sequence[
     man = {"format": SHARDS_FORMAT, **identity, "count": int(sum(int(s["count"]) for s in shards)),
            "shards": [{"file": str(s["file"]), "count": int(s["count"])} for s in shards]}
     path = folder / MANIFEST
-    _write_text_atomic(path, json.dumps(man, indent=1) + "\n")
+    write_atomic(path, json.dumps(man, indent=1) + "\n")
     return path
 
 

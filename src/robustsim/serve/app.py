@@ -504,7 +504,7 @@ class Service:
         """Decode and embed every upload, then commit them in one atomic step (module docstring)."""
         from PIL import Image
 
-        from ..retrieval.index import Index, append_shard, embed_batch
+        from ..retrieval.index import Index, append_shard, embed_batch, write_atomic
 
         ix = self._require_index()
         if self.upload_dir is None:
@@ -541,7 +541,7 @@ class Service:
                     for i in rows:  # the image files first: an index entry must never point at a missing file
                         p, data, _ = decoded[i]
                         if not os.path.exists(p):
-                            _write_bytes_atomic(Path(p), data)
+                            write_atomic(Path(p), data)
                             written.append(p)
                     new = _extended(ix, paths, e, g)
                     if self.index_sharded:
@@ -581,19 +581,6 @@ def _extended(ix: Any, paths: List[str], emb: np.ndarray, gn: np.ndarray) -> Any
         fi.add(np.ascontiguousarray(emb, dtype=np.float32))
         new._faiss_index = fi
     return new
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ------------------------------------------------------------------------------------------ app
