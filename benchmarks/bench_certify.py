@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from timing import best_of  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
@@ -35,19 +36,13 @@ def build(config: str):
     return LipSim(config=cfg).eval(), cfg
 
 
-def best_of(fn, repeats: int) -> float:
+def cpu_best_of(fn, repeats: int) -> float:
     """Smallest CPU time (this process) of `repeats` calls after a warm-up.
 
     CPU time, not wall time: on a shared, oversubscribed machine wall time measures the other
     tenants; with one thread the process CPU time is the load-independent cost.
     """
-    fn()  # warm-up (also fills the SLL rescaling caches)
-    times = []
-    for _ in range(repeats):
-        t = time.process_time()
-        fn()
-        times.append(time.process_time() - t)
-    return min(times)
+    return best_of(fn, repeats, clock=time.process_time, warmup=True)
 
 
 def main(argv=None) -> int:
@@ -67,7 +62,7 @@ def main(argv=None) -> int:
     ref, x0 = real_photo("astronaut", s), real_photo("chelsea", s)
     x1 = torch.nn.functional.avg_pool2d(ref, 3, 1, 1, count_include_pad=False)
 
-    t_cert = best_of(lambda: certify.two_afc(m, ref, x0, x1), args.repeats)
+    t_cert = cpu_best_of(lambda: certify.two_afc(m, ref, x0, x1), args.repeats)
     cert = certify.two_afc(m, ref, x0, x1)
 
     sigma = 0.25
@@ -84,7 +79,7 @@ def main(argv=None) -> int:
                 votes += int(((e - e1).pow(2).sum(1) < (e - e0).pow(2).sum(1)).sum())
         return votes
 
-    t_run = best_of(lambda: smoothing(args.n_run), max(1, args.repeats // 2))
+    t_run = cpu_best_of(lambda: smoothing(args.n_run), max(1, args.repeats // 2))
     per_sample = t_run / args.n_run
     print(f"config {args.config}: {cfg.num_parameters() / 1e6:.2f} M parameters, {s}x{s}, "
           f"{args.threads} thread(s), torch {torch.__version__}")

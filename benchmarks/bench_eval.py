@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("ROBUSTSIM_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
+from timing import best_of  # noqa: E402
 
 
 class Tensors:
@@ -37,15 +37,6 @@ class Tensors:
 
     def group(self, i):
         return "all"
-
-
-def best_time(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def main() -> int:
@@ -93,10 +84,10 @@ def main() -> int:
             evaluate_2afc(cmetric, ds, args.batch_size, certified=True, progress=False)
 
         natural()  # warm-up
-        t_naive = best_time(naive, args.repeats)
-        t_nat = best_time(natural, args.repeats)
+        t_naive = best_of(naive, args.repeats)
+        t_nat = best_of(natural, args.repeats)
         if cmetric.certified:
-            t_cert = best_time(certified, args.repeats)
+            t_cert = best_of(certified, args.repeats)
             cert = f"{args.n / t_cert:14.2f} {t_cert / t_nat:17.2f}x"
         else:
             cert = f"{'n/a':>14} {'n/a (not certified)':>18}"
@@ -109,7 +100,7 @@ def main() -> int:
                     for s in range(0, args.n, args.batch_size):
                         sl = slice(s, s + args.batch_size)
                         certify.two_afc(metric, ref[sl], x0[sl], x1[sl], float_error=mode)
-                row.append(best_time(run, args.repeats) / t_nat)
+                row.append(best_of(run, args.repeats) / t_nat)
             c64 = certify.two_afc(metric, ref, x0, x1)
             c32 = certify.two_afc(metric, ref, x0, x1, float_error="float32")
             row += [float((c64.float_error / c64.gnorm).median()), float((c32.float_error / c32.gnorm).median()),

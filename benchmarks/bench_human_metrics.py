@@ -14,15 +14,15 @@ summed distances w.r.t. both inputs.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import types
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from timing import interleaved  # noqa: E402
 
 ALL = ["lpips-alex", "lpips-vgg", "stlpips-alex", "stlpips-vgg", "dists"]
 
@@ -101,19 +101,6 @@ def reference(name: str, ours):
     raise SystemExit(f"unknown metric {name}; choose from {', '.join(ALL)}")
 
 
-def timed(fo, fr, reps: int):
-    fo(), fr()  # warm-up
-    to, tr = [], []
-    for _ in range(reps):  # interleaved: load changes hit both alike
-        t = time.perf_counter()
-        fo()
-        to.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        fr()
-        tr.append(time.perf_counter() - t)
-    return statistics.median(to), statistics.median(tr)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--metrics", nargs="+", default=ALL, choices=ALL)
@@ -159,7 +146,7 @@ def main() -> None:
             modes = {"forward": (fwd_ours, fwd_ref),
                      "forward+backward": (bwd(ours), bwd(lambda a, b: ref_fn(a, b, True)))}
             for mode in args.modes:
-                mo, mr = timed(*modes[mode], args.reps)
+                mo, mr = interleaved(*modes[mode], args.reps)
                 print(f"| {name} | {s}×{s} | {mode} | {args.batch / mo:.1f} | {args.batch / mr:.1f} | {mr / mo:.2f} |", flush=True)
 
 

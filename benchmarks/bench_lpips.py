@@ -10,11 +10,11 @@ forward+backward takes the gradient of the summed distances w.r.t. both inputs.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import torch
+
+from timing import interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -69,16 +69,7 @@ def main() -> None:
             torch.autograd.grad(ref(a, b, normalize=True).sum(), (a, b))
 
         for mode, fo, fr in (("forward", fwd_ours, fwd_ref), ("forward+backward", bwd_ours, bwd_ref)):
-            fo(), fr()  # warm-up
-            to, tr = [], []
-            for _ in range(args.reps):  # interleaved: load changes hit both alike
-                t = time.perf_counter()
-                fo()
-                to.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                fr()
-                tr.append(time.perf_counter() - t)
-            mo, mr = statistics.median(to), statistics.median(tr)
+            mo, mr = interleaved(fo, fr, args.reps)
             print(f"| {s}×{s} | {mode} | {args.batch / mo:.1f} | {args.batch / mr:.1f} | {mr / mo:.2f} |", flush=True)
 
 

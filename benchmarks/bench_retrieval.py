@@ -29,7 +29,7 @@ import torch
 def _photos_folder(d: Path, n: int, size: int) -> None:
     import skimage.data
 
-    from robustsim.io import save_image
+    from robustsim.images import save_image
 
     names = ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "horse", "moon"]
     rng = np.random.default_rng(0)
@@ -48,7 +48,7 @@ def _photos_folder(d: Path, n: int, size: int) -> None:
 
 def bench_build(n_images: int, size: int) -> None:
     from robustsim import hub
-    from robustsim.io import load_image
+    from robustsim.images import load_image
     from robustsim.metrics.lipsim import CPU_DEFAULT, LipSim
     from robustsim.retrieval import build_index, find_images
 

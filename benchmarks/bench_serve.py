@@ -60,7 +60,7 @@ def _png(x) -> bytes:
 
 
 def _folder(d: Path, n: int, size: int) -> None:
-    from robustsim.io import save_image
+    from robustsim.images import save_image
 
     names = ["astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "horse", "moon"]
     rng = np.random.default_rng(0)

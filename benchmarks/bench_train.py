@@ -70,7 +70,8 @@ def bench_distill(batch: int, repeats: int) -> dict:
 def bench_rlpips(batch: int, repeats: int, pgd_steps: int) -> dict:
     import robustsim
     from robustsim.metrics.lpips import Dist2Logit
-    from robustsim.train.common import Dist, StepContext
+    from robustsim.train.common import StepContext
+    from robustsim.train.distributed import Dist
     from robustsim.train.config import from_dict
     from robustsim.train.rlpips import RankedLPIPS, RLPIPSRecipe
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from robustsim import attacks
-from robustsim.attacks import _common
+from robustsim.attacks import engine
 from robustsim.attacks.apgd import apgd_run
 from robustsim.errors import InputError
 from robustsim.metrics.base import Metric
@@ -73,12 +73,12 @@ def test_l2_projection_is_the_nearest_point_of_ball_and_box(seed, eps):
     g = torch.Generator().manual_seed(seed)
     c = torch.rand(1, 1, 3, 2, 2, generator=g, dtype=torch.float64)
     z = c + 2 * torch.randn(c.shape, generator=g, dtype=torch.float64)
-    p = _common.project(z, c, eps, "l2", iters=60)
+    p = engine.project(z, c, eps, "l2", iters=60)
     d = (p - c).flatten()
     assert float(d.norm()) <= eps * (1 + 1e-9) and float(p.min()) >= 0 and float(p.max()) <= 1
     # random feasible points
     q = c + torch.randn(200, 1, 3, 2, 2, generator=g, dtype=torch.float64)
-    q = _common.project(q, c.expand_as(q), eps, "l2", iters=60)
+    q = engine.project(q, c.expand_as(q), eps, "l2", iters=60)
     ip = ((z - p).flatten(1) * (q - p).flatten(1)).sum(1)
     assert float(ip.max()) <= 1e-9
     from scipy.optimize import minimize
@@ -94,10 +94,10 @@ def test_projection_is_per_image_and_linf_is_a_clamp():
     g = torch.Generator().manual_seed(1)
     c = torch.rand(4, 2, 3, 5, 5, generator=g)
     z = c + torch.randn(c.shape, generator=g)
-    p = _common.project(z, c, 0.7, "l2")
+    p = engine.project(z, c, 0.7, "l2")
     n = (p - c).flatten(2).norm(dim=2)
     assert torch.allclose(n, torch.full_like(n, 0.7), atol=1e-4)  # each image on its own sphere
-    p = _common.project(z, c, 0.1, "linf")
+    p = engine.project(z, c, 0.1, "linf")
     assert float((p - c).abs().max()) <= 0.1 + 1e-6
     torch.testing.assert_close(p, torch.min(torch.max(z, c - 0.1), c + 0.1).clamp(0, 1))
 
@@ -347,7 +347,7 @@ def test_embedding_attack_beats_random_noise_of_the_same_size():
     torch.testing.assert_close(d, m(x, x_adv))
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(x.shape, generator=g)
-    noisy = _common.project(x[:, None] + noise[:, None], x[:, None], 1.0, "l2")[:, 0]
+    noisy = engine.project(x[:, None] + noise[:, None], x[:, None], 1.0, "l2")[:, 0]
     assert bool((d > 2 * m(x, noisy)).all())
 
 

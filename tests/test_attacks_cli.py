@@ -8,7 +8,7 @@ import torch
 
 from conftest import real_photo
 from robustsim.cli import main
-from robustsim.io import load_image, save_image
+from robustsim.images import load_image, save_image
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from conftest import real_photo
 
 import robustsim
-from robustsim import commands, hub
-from robustsim import io as rio
+from robustsim import hub
+from robustsim.cli import core as commands
+from robustsim import images as rio
 from robustsim.cli import main
 from robustsim.metrics.embedding import EmbeddingMetric
 

@@ -10,7 +10,8 @@ import torch
 
 from _fake_datasets import make_bapps_2afc, make_bapps_jnd, make_nights
 from robustsim.data.bapps import BAPPS2AFC, BAPPSJND
-from robustsim.data.folders import CorruptImageError, read_image
+from robustsim.errors import CorruptImageError
+from robustsim.images import read_image
 from robustsim.data.night import Nights
 from robustsim.errors import InputError
 

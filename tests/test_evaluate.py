@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from _fake_datasets import make_bapps_2afc
 from robustsim import certify
 from robustsim.data.bapps import BAPPS2AFC
-from robustsim.data.folders import CorruptImageError
+from robustsim.errors import CorruptImageError
 from robustsim.data.photos import OrderingSuite
 from robustsim.errors import InputError
 from robustsim.evaluate import jnd as J

@@ -313,7 +313,7 @@ def test_discrimination_pixel_and_random_network_far_below_lpips(tmp_path):
     below LPIPS-alex (scored with leave-one-out labels; its distances come from the label cache)."""
     from robustsim.evaluate.judged import Resized, native_size
     from robustsim.evaluate.twoafc import triplet_distances, twoafc_scores
-    from robustsim.evaluate.offline import _lipsim_random
+    from robustsim.evaluate.offline import lipsim_random
     from robustsim.metrics.pixel import PixelL2
 
     pool = _real_pool(tmp_path)
@@ -333,7 +333,7 @@ def test_discrimination_pixel_and_random_network_far_below_lpips(tmp_path):
         return float(twoafc_scores(a, b, j).mean())
 
     pix = score(PixelL2())
-    rnd = score(_lipsim_random()[0])
+    rnd = score(lipsim_random()[0])
     print(f"judged n={N_DISCRIMINATION}: lpips-alex (LOO) {lpips_score:.3f}, pixel-l2 {pix:.3f}, random LipSim {rnd:.3f}")
     assert lpips_score >= 0.8
     assert pix <= lpips_score - 0.15

@@ -15,7 +15,7 @@ from robustsim import certify, hub
 from robustsim.attacks.pgd import pgd_maximize
 from robustsim.cli import main
 from robustsim.errors import InputError
-from robustsim.io import save_image
+from robustsim.images import save_image
 from robustsim.metrics.lipsim import LipSim
 from robustsim.retrieval import Index, build_index, load_index, search, weights_hash
 from robustsim.retrieval.index import embed_batch
@@ -88,7 +88,7 @@ def test_build_recursive_skips_unreadable(built, folder, metric):
     assert any("/sub/deeper/" in p for p in built.paths)
     assert built.dim == 32 and built.certified and built.metric_name == "tiny-lipsim"
     # the stored vectors are the metric's own embeddings of the files, and ||g|| is stored for certificates
-    from robustsim.io import load_image
+    from robustsim.images import load_image
 
     x = load_image(built.paths[5])
     with torch.no_grad():
@@ -232,7 +232,7 @@ def re_and_u(metric, q):
 
 
 def test_threshold_radius_matches_certify_threshold(built, metric, crops):
-    from robustsim.io import load_image
+    from robustsim.images import load_image
 
     q = _queries(crops, n=1)[0]
     r = search(built, metric, [q], k=3, tau=0.02)[0]

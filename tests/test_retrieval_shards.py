@@ -16,7 +16,7 @@ from conftest import REPO, real_photo  # noqa: E402
 
 import robustsim  # noqa: E402
 from robustsim.errors import InputError  # noqa: E402
-from robustsim.io import save_image  # noqa: E402
+from robustsim.images import save_image  # noqa: E402
 from robustsim.retrieval.index import (MANIFEST, Index, append_shard, build_index, is_sharded, load_index,  # noqa: E402
                                        read_manifest, save_sharded)
 

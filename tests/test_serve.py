@@ -28,10 +28,10 @@ from conftest import REPO, real_photo  # noqa: E402
 
 import robustsim  # noqa: E402
 from robustsim import certify  # noqa: E402
-from robustsim.io import save_image  # noqa: E402
+from robustsim.images import save_image  # noqa: E402
 from robustsim.retrieval.index import build_index, load_index, save_sharded  # noqa: E402
 from robustsim.serve.app import ServeConfig, create_app  # noqa: E402
-from robustsim.serve.cli import BackgroundServer  # noqa: E402
+from robustsim.serve.background import BackgroundServer  # noqa: E402
 from robustsim.serve.limits import Gate, Limits, Overloaded, TimedOut  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")  # five distinct photos (skimage's cat is chelsea)
@@ -47,8 +47,8 @@ def png_bytes(x: torch.Tensor) -> bytes:
 
 
 def decoded(data: bytes, tmp: Path) -> torch.Tensor:
-    """What the server decodes from an upload (the same robustsim.io decoder)."""
-    from robustsim.io import load_image
+    """What the server decodes from an upload (the same robustsim.images decoder)."""
+    from robustsim.images import load_image
 
     p = tmp / f"{hashlib.sha256(data).hexdigest()[:16]}.png"
     p.write_bytes(data)

@@ -21,10 +21,10 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not 
 from conftest import REPO, real_photo  # noqa: E402
 
 import robustsim  # noqa: E402
-from robustsim.io import save_image  # noqa: E402
+from robustsim.images import save_image  # noqa: E402
 from robustsim.retrieval.index import build_index  # noqa: E402
 from robustsim.serve.app import ServeConfig, create_app  # noqa: E402
-from robustsim.serve.cli import BackgroundServer  # noqa: E402
+from robustsim.serve.background import BackgroundServer  # noqa: E402
 
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]

@@ -8,11 +8,12 @@ import signal
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from robustsim.errors import InputError
-from robustsim.train.common import CheckpointMismatch, StepBatches, TrainingDiverged, lr_lambda, read_checkpoint, train
+from robustsim.train.checkpoint import CheckpointMismatch, read_checkpoint
+from robustsim.train.trainer import StepBatches, TrainingDiverged, lr_lambda, train
 from robustsim.train.config import from_dict, load_config
 
 from test_train_support import CONFIGS, distill_overrides, make_teacher, state_of, tiny_config
@@ -170,8 +171,7 @@ def test_cosine_schedule_with_warmup():
 @given(n=st.integers(4, 60), bs_per=st.integers(1, 4), world=st.sampled_from([1, 2, 4]), seed=st.integers(0, 5))
 def test_step_batches_cover_each_epoch_once_and_ranks_split_the_global_batch(n, bs_per, world, seed):
     bs = bs_per * world
-    if n < bs:
-        return
+    assume(n >= bs)
     per_epoch = n // bs
     whole = StepBatches(n, bs, seed, 0, 2 * per_epoch)
     batches = list(whole)
@@ -209,7 +209,7 @@ def _torchvision_functional():
 def test_colour_adjustments_match_torchvision(b, c, s, h):
     from conftest import real_photo
 
-    from robustsim.train import augment
+    from robustsim.data import augment
 
     TF = _torchvision_functional()
     x = real_photo("coffee", 32)[0]
@@ -222,7 +222,7 @@ def test_colour_adjustments_match_torchvision(b, c, s, h):
 
 
 def test_color_jitter_probabilities_and_range():
-    from robustsim.train.augment import color_jitter
+    from robustsim.data.augment import color_jitter
 
     x = torch.rand(400, 3, 4, 4)
     y = color_jitter(x, torch.Generator().manual_seed(0))

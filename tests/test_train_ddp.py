@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustsim.train.common import Dist, make_recipe, spawn_local, train
+from robustsim.train.distributed import Dist
+from robustsim.train.trainer import make_recipe, spawn_local, train
 
 from test_train_support import distill_overrides, make_teacher, make_triplet_file, state_of, tiny_config
 

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import robustsim
-from robustsim.train.common import StepContext, Dist, train
+from robustsim.train.common import StepContext
+from robustsim.train.distributed import Dist
+from robustsim.train.trainer import train
 
 from test_train_support import CONFIGS, make_triplet_file, tiny_config
 

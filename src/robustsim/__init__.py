@@ -18,7 +18,7 @@ from .metrics.base import Metric
 
 __version__ = "0.1.0"
 
-_LAZY = {"certify", "attacks", "evaluate", "train", "data", "retrieval", "io", "hub", "lipschitz", "preprocess"}
+_LAZY = {"certify", "attacks", "evaluate", "train", "data", "retrieval", "images", "hub", "lipschitz", "preprocess"}
 
 __all__ = [
     "load", "list_models", "save", "register", "Metric",
@@ -27,6 +27,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name in _LAZY or name == "io":  # io: the former name of images (robustsim/io.py)
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'robustsim' has no attribute {name!r}")

@@ -15,3 +15,7 @@ class WeightsError(RobustsimError, ValueError):
 
 class OfflineError(WeightsError):
     """A download was needed while offline mode (ROBUSTSIM_OFFLINE / HF_HUB_OFFLINE) is on."""
+
+
+class CorruptImageError(InputError):
+    """An image file exists but cannot be decoded (truncated, not an image, empty): datasets may skip it."""

@@ -466,24 +466,60 @@ def load_saved(path: PathLike, **overrides: Any):
     if not path.is_file():
         raise InputError(f"no such file: {path}")
     header = read_saved_header(path)
-    ref = header.get("class")
-    if not isinstance(ref, str) or not ref.startswith("robustsim."):
-        raise WeightsError(f"{path} names class {ref!r} outside robustsim; refusing to import it")
-    try:
-        cls = _import_ref(ref)
-    except (ImportError, AttributeError) as e:
-        raise WeightsError(f"{path} names class {ref!r}, which this robustsim does not have ({e})") from e
-    from .metrics.base import Metric
-
-    if not (isinstance(cls, type) and issubclass(cls, Metric)):
-        raise WeightsError(f"{path} names {ref!r}, which is not a robustsim Metric class; refusing to call it")
     config = header.get("config") or {}
     if not isinstance(config, dict):
         raise WeightsError(f"{path}: malformed robustsim header (config is not a mapping)")
-    try:
-        metric = cls(**{**config, **overrides})
-    except TypeError as e:
-        raise WeightsError(f"{path}: its config does not fit {ref} ({e})") from e
+    metric = build_metric(header.get("class"), {**config, **overrides}, None, str(path))
     strict_load(metric, load_state_dict(path), str(path))
     metric.name = header.get("name") or path.stem
+    return metric
+
+
+def resolve_device(name: Union[str, torch.device, None]) -> torch.device:
+    """A usable torch device from a name (``cpu``, ``cuda``, ``cuda:1``); an unusable one is an InputError."""
+    try:
+        dev = torch.device("cpu" if name is None else name)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise InputError(f"device {str(name)!r} is not usable here "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return dev
+
+
+def canonical_ref(ref: Optional[PathLike]) -> str:
+    """A model reference as :func:`load` wants it: a registered name in its canonical case, or a file path as given.
+
+    None is the shipped default. Names are matched case-insensitively (``LPIPS-Alex`` is ``lpips-alex``);
+    an unknown name fails here, before anything is loaded, with the closest names.
+    """
+    ref = DEFAULT_MODEL if ref is None else str(ref)
+    if _looks_like_path(ref) or Path(ref).expanduser().is_file():
+        return ref  # a file: load reports a missing or foreign file itself
+    return model_spec(ref).name
+
+
+def build_metric(ref: Any, config: Dict[str, Any], state: Optional[Dict[str, torch.Tensor]] = None,
+                 what: str = "metric"):
+    """Instantiate the robustsim Metric class ``ref`` (``"module:Class"``) with ``config``, then load ``state``.
+
+    Only robustsim classes are imported (a saved file names its class: never import what a file asks
+    for outside the package). Builders that know a class only by name (the official-checkpoint
+    converter) use this too, so they need no import of the metric's module.
+    """
+    if not isinstance(ref, str) or not ref.startswith("robustsim."):
+        raise WeightsError(f"{what} names class {ref!r} outside robustsim; refusing to import it")
+    try:
+        cls = _import_ref(ref)
+    except (ImportError, AttributeError) as e:
+        raise WeightsError(f"{what} names class {ref!r}, which this robustsim does not have ({e})") from e
+    from .metrics.base import Metric
+
+    if not (isinstance(cls, type) and issubclass(cls, Metric)):
+        raise WeightsError(f"{what} names {ref!r}, which is not a robustsim Metric class; refusing to call it")
+    try:
+        metric = cls(**config)
+    except TypeError as e:
+        raise WeightsError(f"{what}: its config does not fit {ref} ({e})") from e
+    if state is not None:
+        strict_load(metric, state, what)
     return metric

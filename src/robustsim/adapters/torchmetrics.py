@@ -57,7 +57,7 @@ def _resolve(metric: Union[str, "nn.Module"], **load_options: Any) -> nn.Module:
     if not isinstance(metric, (str, bytes)) and not hasattr(metric, "__fspath__"):
         raise InputError(f"metric must be a robustsim name, a saved .safetensors path or a metric module, got {type(metric).__name__}")
     from .. import hub
-    from ..commands import metric_name
+    from ..hub import canonical_ref as metric_name
 
     return hub.load(metric_name(metric), **load_options)
 

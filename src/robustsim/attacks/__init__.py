@@ -10,9 +10,10 @@
 
 Budgets are in [0, 1] pixel units per perturbed image.
 """
-from ._common import AttackResult
+from .engine import AttackResult
 from .apgd import apgd, apgd_maximize, checkpoints
 from .embedding import embedding_attack
+from .optimisers import OptimiserSpec, list_optimisers, register
 from .perceptual import PerceptualAttackResult, lpa, ppgd, r_lpa, r_ppga
 from .pgd import pgd, pgd_maximize
 from .twoafc import (
@@ -29,5 +30,5 @@ from .twoafc import (
 __all__ = [
     "attack_2afc", "run_2afc", "attack_pair", "run_pair", "TwoAFCThreat", "PairThreat", "TwoAFCAttackResult",
     "PairAttackResult", "apgd", "pgd", "apgd_maximize", "pgd_maximize", "checkpoints", "AttackResult",
-    "embedding_attack", "ppgd", "lpa", "r_ppga", "r_lpa", "PerceptualAttackResult",
+    "embedding_attack", "list_optimisers", "register", "OptimiserSpec", "ppgd", "lpa", "r_ppga", "r_lpa", "PerceptualAttackResult",
 ]

@@ -13,7 +13,7 @@ The algorithm, as the paper states it:
 Here the attack is batched over samples with per-sample step sizes, and samples whose success
 criterion is met (a classifier's label lost, a 2AFC decision flipped) leave the batch at once, so
 compute goes to the samples that are still unbroken. The perturbed variable is B×K×C×H×W (see
-:mod:`._common`); the objective receives the original sample indices of the rows it gets.
+:mod:`.engine`); the objective receives the original sample indices of the rows it gets.
 (Differences from AutoAttack's code, which follows the same paper: condition (2) is also checked at
 the first checkpoint as the paper writes it; the l2 projection is the exact projection onto ball ∩ box;
 momentum is reset after a restart from the best point.)
@@ -25,19 +25,18 @@ from typing import List, Optional
 
 import torch
 
-from ._common import (
+from .engine import (
     AttackResult,
     LossSpec,
     Objective,
     RunTracker,
     ascent_direction,
     attack_classifier,
-    check_any_images,
     check_budget,
     project,
     random_start,
     run_restarts,
-    _expand,
+    expand,
 )
 
 RHO = 0.75
@@ -87,7 +86,7 @@ def apgd_run(
 
     for i, active, a in t.iterations(steps, "apgd", progress):
         xa = x[a]
-        z = project(xa + _expand(step[a], xa) * ascent_direction(grad[a], norm), center[a], eps, norm)
+        z = project(xa + expand(step[a], xa) * ascent_direction(grad[a], norm), center[a], eps, norm)
         if i > 0:
             z = project(xa + MOMENTUM * (z - xa) + (1 - MOMENTUM) * (xa - x_prev[a]), center[a], eps, norm)
         x_prev[a] = xa
@@ -156,9 +155,5 @@ def apgd(
     the others get their highest-loss point. ``return_result=True`` gives an :class:`AttackResult`
     (x_adv as N×1×C×H×W, success, loss) instead. The model is used as given (put it in eval mode).
     """
-    return attack_classifier(apgd_maximize, classifier, x, y, loss, return_result, eps=eps, norm=norm, steps=steps,
-                             restarts=restarts, seed=seed, progress=progress)
-
-
-# kept under its old name: other modules import it from here
-_check_any_images = check_any_images
+    return attack_classifier(apgd_maximize, classifier, x, y, norm, eps, steps, restarts, seed, loss, return_result,
+                             progress)

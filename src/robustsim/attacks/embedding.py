@@ -12,10 +12,11 @@ from typing import Tuple
 
 import torch
 
-from ..io import check_images
+from ..images import check_images
 from ..metrics.base import Metric
-from ._common import check_eps, check_norm, check_steps, maximize
-from .twoafc import _check_metric, check_method, metric_distance
+from .engine import check_eps, check_metric, check_norm, check_steps
+from .optimisers import check_method, maximize
+from .twoafc import metric_distance
 
 
 class EmbeddingObjective:
@@ -50,7 +51,7 @@ def embedding_attack(
 
     l2 PGD by default (the paper's attack); ``method='apgd'`` and ``norm='linf'`` are available too.
     """
-    _check_metric(metric)
+    check_metric(metric)
     norm = check_norm(norm)
     method = check_method(method)
     steps, restarts = check_steps(steps, restarts)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..metrics.base import Metric
-from ._common import check_labels, check_steps, make_generator, margin
+from .engine import check_labels, check_steps, make_generator, margin
 from .twoafc import metric_distance
 
 DEFAULT_METRIC = "lpips-alex"
@@ -168,7 +168,7 @@ def _finish(classifier, geo: _Geometry, x, y, x_adv, bound) -> PerceptualAttackR
 
 
 def _prepare(classifier, x, y, bound_metric, bound, default):
-    from .apgd import _check_any_images
+    from .engine import check_any_images as _check_any_images
 
     x = _check_any_images(x).detach()
     if x.shape[1] != 3:
@@ -176,7 +176,32 @@ def _prepare(classifier, x, y, bound_metric, bound, default):
     bound = _check_bound(bound)
     y = check_labels(classifier, x, y)
     metric = resolve_metric(bound_metric, default)
+    check_metric_gradient(metric, x)
     return x, y, metric, bound
+
+
+def check_metric_gradient(metric, x: torch.Tensor) -> None:
+    """Refuse, in one line, a bound metric that gives no input gradient (both attacks step along it).
+
+    Probed once at a point near the first image (at y = x itself a smooth metric's gradient is zero).
+    Without this, PPGD failed deep inside autograd and LPA silently ignored the bound until its final
+    projection.
+    """
+    name = getattr(metric, "name", "") or type(metric).__name__
+    x0 = x[:1].detach()
+    gen = make_generator(0, x.device)
+    y = (x0 + 0.03 * torch.randn(x0.shape, generator=gen).to(x.device)).clamp(0, 1).requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            d = metric_distance(metric, x0, y)
+    except Exception as e:  # noqa: BLE001 - any failure here is the metric's, reported in one line
+        raise InputError(f"bound metric {name} cannot be evaluated on these images ({type(e).__name__}: {e})") from None
+    g = None
+    if isinstance(d, torch.Tensor) and d.requires_grad:
+        (g,) = torch.autograd.grad(d.sum(), y, allow_unused=True)
+    if g is None or not bool(torch.isfinite(g).all()) or not bool((g != 0).any()):
+        raise InputError(f"bound metric {name} gives no gradient with respect to its input (computed under no_grad, "
+                         f"detached or piecewise constant); perceptual attacks need a differentiable metric")
 
 
 def ppgd(

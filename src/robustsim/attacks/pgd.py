@@ -13,9 +13,8 @@ from typing import Optional
 
 import torch
 
-from ._common import (
+from .engine import (
     AttackResult,
-    LossSpec,
     Objective,
     RunTracker,
     ascent_direction,
@@ -81,22 +80,11 @@ def pgd_maximize(
     return run_restarts(once, center.detach(), restarts, early_stop, objective)
 
 
-def pgd(
-    classifier: torch.nn.Module,
-    x: torch.Tensor,
-    y: Optional[torch.Tensor] = None,
-    norm: str = "linf",
-    eps: float = 8 / 255,
-    steps: int = 100,
-    restarts: int = 1,
-    seed: int = 0,
-    loss: LossSpec = "ce",
-    step_size: Optional[float] = None,
-    schedule: str = "constant",
-    return_result: bool = False,
-    progress: bool = False,
-):
-    """PGD against any nn.Module returning logits; returns x_adv (N×C×H×W). See :func:`apgd`."""
-    return attack_classifier(pgd_maximize, classifier, x, y, loss, return_result, eps=eps, norm=norm, steps=steps,
-                             restarts=restarts, seed=seed, step_size=step_size, schedule=schedule,
-                             progress=progress)
+def pgd(classifier: torch.nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None,
+        step_size: Optional[float] = None, schedule: str = "constant", **options):
+    """PGD against any nn.Module returning logits; returns x_adv (N×C×H×W).
+
+    The other options (norm, eps, steps, restarts, seed, loss, return_result, progress) and their
+    defaults are :func:`~robustsim.attacks.apgd.apgd`'s.
+    """
+    return attack_classifier(pgd_maximize, classifier, x, y, step_size=step_size, schedule=schedule, **options)

@@ -22,9 +22,10 @@ from typing import Optional, Tuple
 import torch
 
 from ..errors import InputError
-from ..io import check_images
+from ..images import check_images
 from ..metrics.base import Metric
-from ._common import METHODS, LossSpec, check_eps, check_norm, check_steps, make_loss, margin, maximize
+from .engine import LossSpec, check_eps, check_metric, check_norm, check_steps, make_loss, margin
+from .optimisers import check_method, maximize
 
 TARGETS = ("ref", "x0", "x1", "x0+x1")
 _SLOTS = {"ref": (0,), "x0": (1,), "x1": (2,), "x0+x1": (1, 2)}
@@ -32,21 +33,10 @@ PAIR_TARGETS = ("x", "y", "both")
 DIRECTIONS = ("up", "down")
 
 
-def check_method(method: str) -> str:
-    if str(method).lower() not in METHODS:
-        raise InputError(f"unknown attack method {method!r}; choose one of {', '.join(METHODS)}")
-    return str(method).lower()
-
-
 def check_target(target: str, allowed=TARGETS) -> str:
     if target not in allowed:
         raise InputError(f"unknown attack target {target!r}; choose one of {', '.join(allowed)}")
     return target
-
-
-def _check_metric(metric) -> None:
-    if not isinstance(metric, torch.nn.Module) or not callable(metric):
-        raise InputError(f"metric must be a robustsim Metric (an nn.Module d(x, y) -> (N,)), got {type(metric).__name__}")
 
 
 def _same_shapes(**tensors) -> None:
@@ -128,7 +118,7 @@ class TwoAFCThreat(_SlotThreat):
     """
 
     def __init__(self, metric: Metric, ref, x0, x1, label=None, target: str = "ref", loss: LossSpec = "ce"):
-        _check_metric(metric)
+        check_metric(metric)
         self.metric = metric
         self.target = check_target(target)
         ref = check_images(ref, "ref")
@@ -216,10 +206,14 @@ def run_2afc(
     early_stop: bool = True,
     progress: bool = False,
 ) -> TwoAFCAttackResult:
-    """Attack 2AFC decisions; the full result (see :func:`attack_2afc` for the arguments).
+    """Attack 2AFC decisions; the full result (:func:`attack_2afc` returns only the images).
 
-    ``early_stop=False`` keeps optimising flipped triplets too (to maximise the loss, e.g. to probe a
-    certificate's margin), returning the highest-loss point for every triplet.
+    label: per triplet, 0 if x0 is the closer (None: the metric's clean decisions, i.e. attack agreement
+    with itself). norm 'l2' | 'linf', eps in [0, 1] pixel units per perturbed image. method: a name
+    from :func:`robustsim.attacks.list_optimisers` ('apgd-ce' = APGD, Croce & Hein 2020; 'pgd').
+    target 'ref' | 'x0' | 'x1' | 'x0+x1'. loss 'ce' | 'margin' | callable(logits (N, 2), label) -> (N,)
+    to maximise. ``early_stop=False`` keeps optimising flipped triplets too (to maximise the loss, e.g.
+    to probe a certificate's margin), returning the highest-loss point for every triplet.
     """
     norm, method, target, steps, restarts = _check_run(norm, method, steps, restarts, target)
     make_loss(loss)
@@ -231,33 +225,14 @@ def run_2afc(
     return TwoAFCAttackResult(r, a, b, threat.label, threat.clean_d0, threat.clean_d1, d0, d1, flipped)
 
 
-def attack_2afc(
-    metric: Metric,
-    ref: torch.Tensor,
-    x0: torch.Tensor,
-    x1: torch.Tensor,
-    label=None,
-    norm: str = "l2",
-    eps: float = 1.0,
-    method: str = "apgd-ce",
-    target: str = "ref",
-    steps: int = 100,
-    restarts: int = 1,
-    seed: int = 0,
-    loss: LossSpec = "ce",
-    early_stop: bool = True,
-    progress: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def attack_2afc(metric: Metric, ref: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, label=None,
+                **options) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Perturb triplets to flip the metric's 2AFC decisions; returns (ref', x0', x1').
 
-    label: per triplet, 0 if x0 is the closer (None: the metric's clean decisions, i.e. attack agreement
-    with itself). norm 'l2' | 'linf', eps in [0, 1] pixel units per perturbed image. method 'apgd-ce'
-    (APGD, Croce & Hein 2020), 'apgd' (same), or 'pgd'. target 'ref' | 'x0' | 'x1' | 'x0+x1'.
-    loss 'ce' | 'margin' | callable(logits (N, 2), label) -> (N,) to maximise. Unperturbed images are
-    returned unchanged; perturbed ones are the first flip found, else the highest-loss point.
+    The options are :func:`run_2afc`'s. Unperturbed images are returned unchanged; perturbed ones are
+    the first flip found, else the highest-loss point.
     """
-    res = run_2afc(metric, ref, x0, x1, label, norm, eps, method, target, steps, restarts, seed, loss,
-                   early_stop, progress)
+    res = run_2afc(metric, ref, x0, x1, label, **options)
     return res.ref, res.x0, res.x1
 
 
@@ -266,7 +241,7 @@ class PairThreat(_SlotThreat):
 
     def __init__(self, metric: Metric, x, y, direction: str = "up", target: str = "x",
                  threshold: Optional[float] = None):
-        _check_metric(metric)
+        check_metric(metric)
         if direction not in DIRECTIONS:
             raise InputError(f"unknown direction {direction!r}; choose 'up' or 'down'")
         self.metric = metric

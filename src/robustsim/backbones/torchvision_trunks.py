@@ -18,13 +18,14 @@ Two families of variants share the code:
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import WeightsError
+from ..hub import show_keys
 
 
 class Fire(nn.Module):
@@ -203,23 +204,13 @@ class Trunk(nn.Module):
         if other or missing or shapes or extra_feats:
             parts = []
             if missing:
-                parts.append(f"missing keys: {_show(missing)}")
+                parts.append(f"missing keys: {show_keys(missing)}")
             if other or extra_feats:
-                parts.append(f"unexpected keys: {_show(other + extra_feats)}")
+                parts.append(f"unexpected keys: {show_keys(other + extra_feats)}")
             if shapes:
-                parts.append(f"wrong shapes: {_show(shapes)}")
+                parts.append(f"wrong shapes: {show_keys(shapes)}")
             raise WeightsError(
                 f"{what} is not a torchvision {TORCHVISION_NAMES[self.name]} checkpoint "
                 f"(expected features.* keys, optionally classifier.*): " + "; ".join(parts)
             )
         self.load_state_dict(feats, strict=True)
-
-
-def _show(keys: Sequence[str], n: int = 6) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
-
-
-def build_trunk(name: str) -> Trunk:
-    """A randomly initialised trunk (PyTorch's default conv init); load weights into it afterwards."""
-    return Trunk(name)

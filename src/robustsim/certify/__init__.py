@@ -38,7 +38,7 @@ from typing import Any, Tuple
 import torch
 
 from ..errors import InputError
-from ..io import check_images
+from ..images import check_images
 from . import geometry, rounding
 from .geometry import (
     REL_FACTOR, UNIT_TOL, BoundedFeatures, Top1Certificate, check_unit_rows, top1_radius,

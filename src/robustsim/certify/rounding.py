@@ -72,7 +72,7 @@ from typing import Any, Iterator, Tuple, Union
 import torch
 
 from ..errors import InputError
-from ..io import check_images
+from ..images import check_images
 from ..lipschitz.linalg import spectral_norm
 from ..lipschitz.sll import gamma
 from .geometry import EPS64, F64, REL_FACTOR, BoundedFeatures

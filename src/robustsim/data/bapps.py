@@ -8,7 +8,7 @@ Layout (as extracted from the official archives, see :mod:`robustsim.data.fetch`
 ``judge`` is the fraction of people who preferred p1; ``same`` the fraction who judged p0 and p1
 identical. Items are indexed by the file stems of ``ref`` (2AFC) or ``p0`` (JND); a stem that lacks
 any of its companion files is a layout error naming the category, the folder and example stems.
-Images are decoded on access; a broken file raises :class:`~robustsim.data.folders.CorruptImageError`
+Images are decoded on access; a broken file raises :class:`~robustsim.errors.CorruptImageError`
 (the evaluation loop skips and counts such items by default).
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..errors import InputError
-from .folders import CorruptImageError, read_image
+from ..errors import CorruptImageError, InputError
+from ..images import read_image
 from .photos import TripletDataset
 
 PathLike = Union[str, os.PathLike]
@@ -197,3 +197,15 @@ class BAPPSJND(Dataset):
 
     def group(self, i: int) -> str:
         return self.items[i][0]
+
+
+def bapps_2afc(root: PathLike, split: str = "val", size: Optional[int] = 64,
+               categories: Optional[Sequence[str]] = None, limit: Optional[int] = None) -> BAPPS2AFC:
+    """Registry factory (``data/registry.py``) for :class:`BAPPS2AFC`."""
+    return BAPPS2AFC(root, split, categories, load_size=size, limit=limit)
+
+
+def bapps_jnd(root: PathLike, split: str = "val", size: Optional[int] = 64,
+              categories: Optional[Sequence[str]] = None, limit: Optional[int] = None) -> BAPPSJND:
+    """Registry factory (``data/registry.py``) for :class:`BAPPSJND`."""
+    return BAPPSJND(root, categories, load_size=size, limit=limit, split=split)

@@ -101,7 +101,7 @@ def split_of(src: PhotoSource) -> str:
 
 
 def _folder_sources(folder: PathLike) -> List[PhotoSource]:
-    from .folders import list_images
+    from ..images import list_images
 
     out = []
     for p in list_images(folder):
@@ -204,7 +204,7 @@ def _load_cached(src: PhotoSource) -> torch.Tensor:
         if f is None:
             raise InputError(f"scikit-learn's sample image {src.name}.jpg is not installed (pip install scikit-learn)")
         return _to_tensor(_read_array(f))
-    from .folders import read_image
+    from ..images import read_image
 
     return read_image(src.path)
 

@@ -38,7 +38,7 @@ class Archive:
     size_hint: str = ""
 
 
-DATASETS: Dict[str, Archive] = {
+ARCHIVES: Dict[str, Archive] = {
     "bapps-2afc-train": Archive("twoafc_train.tar.gz", (_S3 + "twoafc_train.tar.gz", _BERKELEY + "twoafc_train.tar.gz"),
                                 "2afc", "bapps-2afc-train", size_hint="about 5 GB"),
     "bapps-2afc-val": Archive("twoafc_val.tar.gz", (_S3 + "twoafc_val.tar.gz", _BERKELEY + "twoafc_val.tar.gz"),
@@ -85,9 +85,9 @@ CHECKS: Dict[str, Callable[[Path], None]] = {
 
 def check_layout(name: str, root: PathLike) -> None:
     """Raise InputError saying exactly what is missing when ``root`` does not hold dataset ``name``."""
-    if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    CHECKS[DATASETS[name].check](Path(root).expanduser())
+    if name not in ARCHIVES:
+        raise InputError(f"unknown dataset {name!r}; choose from {', '.join(ARCHIVES)}")
+    CHECKS[ARCHIVES[name].check](Path(root).expanduser())
 
 
 def _safe_members_tar(tf: tarfile.TarFile, dest: Path):
@@ -138,9 +138,9 @@ def fetch_dataset(name: str, root: PathLike, keep_archive: bool = False, progres
     """
     from ..download import download, is_offline
 
-    if name not in DATASETS:
-        raise InputError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    spec = DATASETS[name]
+    if name not in ARCHIVES:
+        raise InputError(f"unknown dataset {name!r}; choose from {', '.join(ARCHIVES)}")
+    spec = ARCHIVES[name]
     root = Path(root).expanduser()
     marker = root / f"{MARKER}-{name}"
     if marker.is_file():
@@ -171,10 +171,10 @@ def fetch_dataset(name: str, root: PathLike, keep_archive: bool = False, progres
 
 def remove_partial(name: str, root: PathLike) -> None:
     """Delete a half-downloaded archive (the .part file) of ``name`` so the next fetch starts over."""
-    spec = DATASETS[name]
+    spec = ARCHIVES[name]
     p = Path(root) / (spec.filename + ".part")
     if p.exists():
         p.unlink()
 
 
-__all__ = ["DATASETS", "Archive", "fetch_dataset", "check_layout", "extract", "remove_partial"]
+__all__ = ["ARCHIVES", "Archive", "fetch_dataset", "check_layout", "extract", "remove_partial"]

@@ -614,7 +614,7 @@ def judged_triplets(n: int, split: str = "train", size: int = 64, seed: int = 0,
                     judges: Sequence[JudgeLike] = DEFAULT_JUDGES, consensus_only: bool = True,
                     per_window: Optional[int] = None, extra_dirs: Optional[Iterable[PathLike]] = None,
                     cache_dir: Union[None, bool, PathLike] = None, device=None, batch_size: int = 32,
-                    progress: bool = True, **pool_kw) -> JudgedSuite:
+                    progress: bool = True, leave_out=None, **pool_kw) -> JudgedSuite:
     """Judge-labelled triplets for training (R-LPIPS heads, fine-tuning a certified model).
 
     Items ``(ref, x0, x1, label, judge)``: images 3×size×size in [0, 1]; ``label`` the hard consensus
@@ -622,6 +622,9 @@ def judged_triplets(n: int, split: str = "train", size: int = 64, seed: int = 0,
     touches a held-out photo. ``per_window`` (default: the smallest of 2, 4, 8, 16, 32, 64 giving at
     least 2.5 n candidates) bounds how many triplets share a reference window; a different ``seed``
     gives different triplets. Labels are cached, so a second call with the same arguments is instant.
+    ``leave_out`` (judge names) votes no label: e.g. ``leave_out="lpips-alex"`` labels R-LPIPS' training
+    data by the other four judges while reusing the five-judge cache (the labels equal those of
+    ``judges=`` the other four: candidates do not depend on the judges).
     """
     if per_window is None:
         probe = JudgedPool(size=size, split=split, seed=seed, judges=judges, extra_dirs=extra_dirs, per_window=1,
@@ -629,7 +632,7 @@ def judged_triplets(n: int, split: str = "train", size: int = 64, seed: int = 0,
         per_window = next((p for p in (2, 4, 8, 16, 32, 64) if len(probe.windows) * p >= 2.5 * int(n)), 64)
     pool = JudgedPool(size=size, split=split, seed=seed, judges=judges, extra_dirs=extra_dirs, per_window=per_window,
                       cache_dir=cache_dir, device=device, batch_size=batch_size, progress=progress, **pool_kw)
-    return pool.suite(n, consensus_only=consensus_only)
+    return pool.suite(n, leave_out=leave_out, consensus_only=consensus_only)
 
 
 # --------------------------------------------------------------------------- pairs (distance correlation)

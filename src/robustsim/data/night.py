@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .folders import read_image
+from ..images import read_image
 from .photos import TripletDataset
 
 PathLike = Union[str, os.PathLike]
@@ -121,3 +121,8 @@ class Nights(TripletDataset):
     def info(self, i: int) -> Dict[str, object]:
         row = self.rows[i]
         return {"id": row["id"], "imagenet": row["imagenet"], "ref": str(row["paths"][0])}
+
+
+def nights(root: PathLike, split: str = "test", size: Optional[int] = 224, **options) -> Nights:
+    """Registry factory (``data/registry.py``) for :class:`Nights`."""
+    return Nights(root, split=split, load_size=size, **options)

@@ -9,16 +9,17 @@ training recipes and tests import from it. The code now lives in
 * :mod:`robustsim.data.suites` -- ordering / teacher suites, :class:`RandomCrops`;
 * :mod:`robustsim.data.judged` -- the judge-consensus 2AFC suite (the perceptual headline);
 
-and every public (and a few private, used by scripts) name is re-exported here unchanged.
+and every public name is re-exported here unchanged.
 """
 from __future__ import annotations
 
 from .catalogue import (BUILTIN, EXTRA_HELDOUT_MODULUS, HELDOUT, MIN_CROP_STD, PHOTOS_ENV, PhotoSource,  # noqa: F401
-                        item_rng, _load_cached, crop_resize, heldout_photos, photo_sources, random_crop,
+                        item_rng, crop_resize, heldout_photos, photo_sources, random_crop,
                         select_photos, split_of, textured_crop, train_photos)
 from .distortions import (DISTORTIONS, FAMILIES, KINDS, ORDERING_KINDS, DistortionKind, brightness,  # noqa: F401
-                          check_kinds, color_jitter, colour_shift, contrast, distort, elastic, gaussian_blur,
+                          check_kinds, colour_shift, contrast, distort, elastic, gaussian_blur,
                           gaussian_noise, jpeg, motion_blur, pixelate, posterize, rescale, rotate, salt_pepper,
                           saturation, sharpen, translate, webp)
+from .augment import color_jitter  # noqa: F401
 from .suites import (OrderingSuite, RandomCrops, TeacherSuite, TripletDataset, ordering_suite,  # noqa: F401
                      teacher_suite)

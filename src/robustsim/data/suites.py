@@ -30,7 +30,8 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from .catalogue import PhotoSource, item_rng, random_crop, select_photos, textured_crop
-from .distortions import DISTORTIONS, ORDERING_KINDS, color_jitter, distort
+from .augment import color_jitter
+from .distortions import DISTORTIONS, ORDERING_KINDS, distort
 
 PathLike = Union[str, os.PathLike]
 
@@ -256,9 +257,15 @@ def ordering_suite(n: int = 256, size: int = 64, split: str = "heldout", seed: i
     return OrderingSuite(n=n, size=size, split=split, seed=seed, **kw)
 
 
-def teacher_suite(teacher, n: int = 256, size: int = 64, split: str = "heldout", seed: int = 0, **kw) -> TeacherSuite:
-    """Shortcut for :class:`TeacherSuite`."""
-    return TeacherSuite(teacher, n=n, size=size, split=split, seed=seed, **kw)
+def teacher_suite(teacher: Union[str, torch.nn.Module] = "effnet-lite0-cosine", n: int = 256, size: int = 64,
+                  split: str = "heldout", seed: int = 0, device: Optional[Union[str, torch.device]] = None,
+                  **kw) -> TeacherSuite:
+    """Shortcut for :class:`TeacherSuite`; ``teacher`` may be a hub name (loaded on ``device``)."""
+    if isinstance(teacher, str):
+        from ..hub import load
+
+        teacher = load(teacher, device=device)
+    return TeacherSuite(teacher, n=n, size=size, split=split, seed=seed, device=device, **kw)
 
 
 class RandomCrops(Dataset):
@@ -298,4 +305,5 @@ class RandomCrops(Dataset):
             x = x.flip(-1)
         if not self.jitter_view:
             return x
-        return x, color_jitter(x, rng)
+        g = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+        return x, color_jitter(x[None], g)[0]

@@ -25,7 +25,7 @@ __all__ = sorted(_NAMES)
 def __getattr__(name: str) -> Any:
     if name in _NAMES:
         return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
-    if name in {"twoafc", "jnd", "certified", "embedding", "retrieval", "report", "offline", "runner", "cli",
+    if name in {"twoafc", "jnd", "certified", "embedding", "retrieval", "report", "offline", "runner", "suites",
                 "judged", "results"}:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

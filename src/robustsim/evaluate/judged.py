@@ -13,7 +13,6 @@ budgets are in [0, 1] pixel units at that native size (the convention of the who
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict
@@ -175,7 +174,3 @@ def fmt_eps(e: float, norm: str) -> str:
     if norm == "linf" and abs(e * 255 - round(e * 255)) < 1e-3:  # keys are rounded to 6 digits
         return f"{round(e * 255)}/255"
     return f"{e:g}"
-
-
-def is_nan(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))

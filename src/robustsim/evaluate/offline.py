@@ -35,7 +35,7 @@ def _lpips_alex():
     return hub.load("lpips-alex", pretrained_trunk=False, seed=0), "random trunk, real v0.1 heads", 64
 
 
-def _lipsim_random():
+def lipsim_random():
     from ..metrics.lipsim import CPU_DEFAULT, LipSim
 
     with torch.random.fork_rng(devices=[]):
@@ -56,7 +56,7 @@ def _lipsim_default():
 OFFLINE_METRICS: Dict[str, Callable[[], Tuple[Any, str, int]]] = {
     "effnet-lite0-cosine": _effnet,
     "lpips-alex": _lpips_alex,
-    "lipsim-random": _lipsim_random,
+    "lipsim-random": lipsim_random,
     "lipsim-default": _lipsim_default,
 }
 

@@ -134,7 +134,7 @@ def markdown(results: Sequence[Dict[str, Any]], title: str = "Results", preamble
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend (imported only when a plot is drawn)."""
     import matplotlib
 
@@ -144,13 +144,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: PathLike) -> Path:
+def save_figure(fig, path: PathLike) -> Path:
     """Write the figure (creating the folder) and free it."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -159,7 +159,7 @@ def plot_certified(results: Sequence[Dict[str, Any]], path: PathLike) -> Optiona
     rows = _having(results, "certified")
     if not rows:
         return None
-    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for r in rows:
         c = r["certified"]
         eps255 = [e * 255 for e in c["eps"]]
@@ -173,7 +173,7 @@ def plot_certified(results: Sequence[Dict[str, Any]], path: PathLike) -> Optiona
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_embedding_hist(results: Sequence[Dict[str, Any]], path: PathLike) -> Optional[Path]:
@@ -181,7 +181,7 @@ def plot_embedding_hist(results: Sequence[Dict[str, Any]], path: PathLike) -> Op
     rows = _having(results, "embedding")
     if not rows:
         return None
-    fig, axes = _pyplot().subplots(1, len(rows), figsize=(4 * len(rows), 3.2), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(rows), figsize=(4 * len(rows), 3.2), squeeze=False)
     for ax, r in zip(axes[0], rows):
         for e, s in r["embedding"]["eps"].items():
             ax.hist(s["distances"], bins=20, range=(0, max(1.0, s["max"])), alpha=0.5, label=f"ε={e}")
@@ -189,7 +189,7 @@ def plot_embedding_hist(results: Sequence[Dict[str, Any]], path: PathLike) -> Op
         ax.set_xlabel("d(x, x+δ)")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("images")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_report(results: Sequence[Dict[str, Any]], out_dir: PathLike, title: str = "Results", preamble: str = "",

@@ -73,9 +73,9 @@ def _note(name: str, judges: Sequence[str]) -> str:
 def load_results_metric(name: str, device=None) -> Tuple[Any, str]:
     """(metric, note) for a RESULTS row: hub names with their real weights, ``lipsim-random``, or a saved file."""
     if name == "lipsim-random":
-        from .offline import _lipsim_random
+        from .offline import lipsim_random
 
-        m, note, _ = _lipsim_random()
+        m, note, _ = lipsim_random()
         m.name = "lipsim-random"
         return m, note
     from .. import hub
@@ -262,12 +262,12 @@ def kinds_reference(kinds: Sequence[str]) -> str:
 
 def plot_accuracy_vs_eps(results: Sequence[Dict[str, Any]], path: PathLike) -> Optional[Path]:
     """Attacked 2AFC score vs ε, one panel per threat model, one line per metric (ε = 0: natural on the subset)."""
-    from .report import _pyplot, _save
+    from .report import pyplot, save_figure
 
     threats = results[0].get("attacks", []) if results else []
     if not threats:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(threats), figsize=(4.6 * len(threats), 3.8), squeeze=False)
     for ti, ax in enumerate(axes[0]):
         t = threats[ti]["threat"]
@@ -283,7 +283,7 @@ def plot_accuracy_vs_eps(results: Sequence[Dict[str, Any]], path: PathLike) -> O
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("judged 2AFC score (%)")
     axes[0][-1].legend(fontsize=6, loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_results(results, pairs, ordering, meta, out_dir: PathLike, stem: str = "RESULTS") -> Dict[str, Path]:

@@ -6,7 +6,7 @@ directory holds ``config.json`` (what is being computed) and one ``batches/<task
 config loads finished batches instead of recomputing them; a run directory made for a different
 config is refused (so results never mix).
 
-Broken items: a batch that hits a :class:`~robustsim.data.folders.CorruptImageError` while loading is
+Broken items: a batch that hits a :class:`~robustsim.errors.CorruptImageError` while loading is
 rebuilt without that item (``on_corrupt="skip"``, the default: the item is counted and named in the
 report) or stops the run (``on_corrupt="fail"``).
 """
@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..data.folders import CorruptImageError
+from ..errors import CorruptImageError
 from ..errors import InputError
 
 PathLike = Union[str, os.PathLike]

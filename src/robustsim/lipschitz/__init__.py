@@ -8,9 +8,7 @@ from __future__ import annotations
 from .layers import Flatten, InvertibleDownsample, PadChannels, SumPool2d, Truncate
 from .sll import SLLConv2d, SLLLinear, adjoint_conv2d, clear_caches, conv_t, linear_t, safe_inv
 
-AvgPool2d = SumPool2d  # the official name for AvgPool2d(k, divisor_override=k)
-
 __all__ = [
-    "SLLConv2d", "SLLLinear", "PadChannels", "SumPool2d", "AvgPool2d", "InvertibleDownsample", "Truncate",
+    "SLLConv2d", "SLLLinear", "PadChannels", "SumPool2d", "InvertibleDownsample", "Truncate",
     "Flatten", "adjoint_conv2d", "clear_caches", "conv_t", "linear_t", "safe_inv",
 ]

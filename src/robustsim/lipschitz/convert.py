@@ -134,22 +134,24 @@ def infer_official_config(state: Dict[str, torch.Tensor], what: str = "checkpoin
     return channels, len(convs), inner, k, len(lins), lin_inner, convs, lins
 
 
+LIPSIM_CLASS = "robustsim.metrics.lipsim:LipSim"
+
+
 def convert_official_state(obj: Dict, embed_dim: Optional[int] = None, what: str = "checkpoint"):
     """An official LipSim checkpoint (loaded dict) -> a :class:`robustsim.metrics.lipsim.LipSim` in eval mode.
 
     embed_dim: number of leading coordinates kept (the official ``n_classes``); it is not stored in the
     checkpoint (truncation has no parameters). Default 1792 (DreamSim ensemble).
     """
-    from ..metrics.lipsim import LipSim, LipSimConfig
+    from ..hub import build_metric
 
     state = _strip(_unwrap(obj, what))
     channels, depth, inner, k, lin_depth, lin_inner, convs, lins = infer_official_config(state, what)
     e = DEFAULT_EMBED_DIM if embed_dim is None else int(embed_dim)
-    cfg = LipSimConfig(
+    cfg = dict(
         input_size=OFFICIAL_INPUT, stem="pad", channels=channels, conv_depth=depth, conv_inner=inner,
         kernel_size=k, pool=OFFICIAL_POOL, linear_depth=lin_depth, linear_inner=lin_inner, embed_dim=e,
     )
-    metric = LipSim(config=cfg)
     ours = {}
     for i, layer in enumerate(convs):
         ours[f"encoder.convs.{i}.kernel"] = layer["kernel"]
@@ -159,9 +161,8 @@ def convert_official_state(obj: Dict, embed_dim: Optional[int] = None, what: str
     for j, layer in enumerate(lins):
         for n in ("weight", "bias", "q"):
             ours[f"encoder.linears.{j}.{n}"] = layer[n]
-    from ..hub import strict_load
-
-    strict_load(metric, {kk: v.float() for kk, v in ours.items()}, what)
+    # built by class name through the hub (metrics/lipsim.py imports this module to read official files)
+    metric = build_metric(LIPSIM_CLASS, cfg, {kk: v.float() for kk, v in ours.items()}, what)
     return metric.eval()
 
 

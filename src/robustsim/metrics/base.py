@@ -8,7 +8,7 @@ the same way.
 Input dtypes: any floating tensor is accepted (float16, bfloat16, float32, float64) and computed in
 the *model's* dtype (the dtype of its floating parameters, float32 for parameter-free metrics): a
 float64 image batch fed to a float32 model is rounded to float32 first (relative change <= 2^-24 per
-pixel), a float16 batch is widened exactly. Integer tensors are refused (``robustsim.io.check_images``
+pixel), a float16 batch is widened exactly. Integer tensors are refused (``robustsim.images.check_images``
 names the dtype and says to divide uint8 by 255). The cast is differentiable, so attacks on float64
 inputs still get gradients.
 """
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..io import check_images
+from ..images import check_images
 
 
 def broadcast_pair(x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +61,15 @@ class Metric(nn.Module):
                 return t.dtype
         return torch.float32
 
+    @property
+    def device(self) -> torch.device:
+        """Where the metric computes: the device of its first parameter or buffer (cpu if it has none)."""
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return torch.device("cpu")
+
     def check_input(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         """Validate an image batch (``check_images``) and cast it to :attr:`compute_dtype` (module docstring)."""
         x = check_images(x, name, min_size=self.min_size)
@@ -89,10 +98,10 @@ class Metric(nn.Module):
     def preprocess(self, images: Any, size: Any = None, **kwargs: Any) -> torch.Tensor:
         """What users hold (paths, PIL images, numpy arrays, tensors, mixed sizes) -> this metric's N×3×H×W batch.
 
-        See :func:`robustsim.io.preprocess_for`: the metric's minimum size, device and dtype; mixed sizes
+        See :func:`robustsim.images.preprocess_for`: the metric's minimum size, device and dtype; mixed sizes
         are resized to its native size (or ``size``).
         """
-        from ..io import preprocess_for
+        from ..images import preprocess_for
 
         return preprocess_for(self, images, size=size, **kwargs)
 

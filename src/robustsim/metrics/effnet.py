@@ -67,7 +67,7 @@ class EffNetCosine(EmbeddingMetric):
 
     def classify(self, x):
         """ImageNet logits of images in [0, 1] (a check that the weights are the real ones)."""
-        from ..io import check_images
+        from ..images import check_images
 
         x = self.resize(check_images(x, "x", min_size=self.min_size))
         return self.encoder.classify((x - self.mean) / self.std)

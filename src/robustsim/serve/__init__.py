@@ -7,7 +7,7 @@ answer); operators want that as a service and users want to try it in a browser.
 
 - :mod:`.app`: the endpoints, the loaded state, the atomic index updater;
 - :mod:`.limits`: body size, admission (bounded concurrency, 503), per-request timeout (504);
-- :mod:`.cli`: the ``serve`` sub-command;
+- :mod:`.background`: the service in a thread of this process (tests, notebooks, benchmarks);
 - ``static/``: the web page (plain HTML/JS/CSS, no build step).
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Why a separate layer: the library raises Python exceptions and trusts its caller; a service faces
 anyone. Everything here turns the library's calls into bounded, validated requests:
 
-- uploads are decoded by :func:`robustsim.io.load_image` (the project's one decoder, with its pixel
+- uploads are decoded by :func:`robustsim.images.load_image` (the project's one decoder, with its pixel
   limit) from a private temporary file, and every failure becomes a 4xx with a one-line JSON error
   naming the *form field*, never a temporary path or a traceback;
 - model work runs in a fixed worker pool behind an admission gate (:mod:`.limits`): excess requests
@@ -144,7 +144,7 @@ class Service:
 
     def __init__(self, config: ServeConfig):
         from .. import hub
-        from ..commands import device_from_arg
+        from ..hub import resolve_device as device_from_arg
 
         self.config = config
         self.limits = config.limits
@@ -250,8 +250,8 @@ class Service:
         return out
 
     def decode(self, data: bytes, field_name: str, metric: Any = None) -> torch.Tensor:
-        """Decode one upload with robustsim.io (pixel limit, format rules); errors name the field."""
-        from .. import io
+        """Decode one upload with robustsim.images (pixel limit, format rules); errors name the field."""
+        from .. import images
 
         if not data:
             raise ServiceError(400, f"field '{field_name}': empty upload")
@@ -262,7 +262,7 @@ class Service:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)  # multi-frame files: first frame, as documented
-                    x = io.load_image(p, min_size=min_size, max_pixels=self.limits.max_pixels)
+                    x = images.load_image(p, min_size=min_size, max_pixels=self.limits.max_pixels)
             except InputError as e:
                 msg = str(e).replace(str(p), f"field '{field_name}'")
                 raise ServiceError(_status_of_input_error(msg), msg) from None
@@ -288,11 +288,11 @@ class Service:
                 "index": self.index_info(), "limits": self.limits_info(), "load": self.gate.stats()}
 
     def limits_info(self) -> Dict[str, Any]:
-        from .. import io
+        from .. import images
 
         lim = self.limits
         return {"max_upload_bytes": lim.max_upload_bytes,
-                "max_pixels": lim.max_pixels if lim.max_pixels is not None else io.pixel_limit(),
+                "max_pixels": lim.max_pixels if lim.max_pixels is not None else images.pixel_limit(),
                 "workers": lim.workers, "queue": lim.queue, "timeout_s": lim.timeout_s,
                 "max_attack_steps": lim.max_attack_steps, "max_attack_pixels": lim.max_attack_pixels, "max_k": lim.max_k}
 
@@ -474,7 +474,7 @@ class Service:
     def thumb(self, row: int) -> bytes:
         from PIL import Image
 
-        from .. import io
+        from .. import images
 
         ix = self._require_index()
         if not (0 <= row < len(ix)):
@@ -485,7 +485,7 @@ class Service:
                 self._thumbs.move_to_end(row)
                 return self._thumbs[row]
         try:
-            x = io.load_image(path, max_pixels=self.limits.max_pixels)
+            x = images.load_image(path, max_pixels=self.limits.max_pixels)
         except InputError as e:
             raise ServiceError(404, f"stored item {row} cannot be shown: {e}") from None
         a = (x[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
@@ -504,7 +504,8 @@ class Service:
         """Decode and embed every upload, then commit them in one atomic step (module docstring)."""
         from PIL import Image
 
-        from ..retrieval.index import Index, append_shard, embed_batch, write_atomic
+        from ..atomic import write_atomic
+        from ..retrieval.index import Index, append_shard, embed_batch
 
         ix = self._require_index()
         if self.upload_dir is None:
@@ -543,7 +544,7 @@ class Service:
                         if not os.path.exists(p):
                             write_atomic(Path(p), data)
                             written.append(p)
-                    new = _extended(ix, paths, e, g)
+                    new = ix.extended(paths, e, g)
                     if self.index_sharded:
                         delta = Index(metric_name=ix.metric_name, weights_sha256=ix.weights_sha256, dim=ix.dim,
                                       certified=ix.certified, kind="exact", metric_ref=ix.metric_ref)
@@ -562,25 +563,6 @@ class Service:
                 added = paths
             count = len(self.index)
         return {"added": added, "already_indexed": skipped, "count": count}
-
-
-def _extended(ix: Any, paths: List[str], emb: np.ndarray, gn: np.ndarray) -> Any:
-    """A new Index with rows appended; ``ix`` is left untouched (searches may be reading it).
-
-    The FAISS structure is cloned and extended (an IVF keeps its trained lists), so the copy costs one
-    pass over the stored vectors, not a rebuild.
-    """
-    from ..retrieval.index import Index, _faiss
-
-    new = Index(metric_name=ix.metric_name, weights_sha256=ix.weights_sha256, dim=ix.dim, certified=ix.certified,
-                kind=ix.kind, params=dict(ix.params), paths=list(ix.paths) + list(paths),
-                embeddings=np.concatenate([ix.embeddings, np.asarray(emb, dtype=np.float32)]),
-                gnorms=np.concatenate([ix.gnorms, np.asarray(gn, dtype=np.float64)]), metric_ref=ix.metric_ref)
-    if ix._faiss_index is not None:
-        fi = _faiss().clone_index(ix._faiss_index)
-        fi.add(np.ascontiguousarray(emb, dtype=np.float32))
-        new._faiss_index = fi
-    return new
 
 
 # ------------------------------------------------------------------------------------------ app

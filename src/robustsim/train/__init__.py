@@ -4,8 +4,9 @@
     >>> result = train(load_config("configs/distill_tiny.yaml"))
     >>> result.model_path            # a robustsim .safetensors file: robustsim.load(result.model_path)
 
-Every recipe shares the loop in :mod:`robustsim.train.common` (seeding, exact resume, checkpoints on
-interrupt, CSV logs, DDP under torchrun). Submodules are imported on first use.
+Every recipe (a :class:`~robustsim.train.common.Recipe`) shares the loop in :mod:`robustsim.train.trainer`
+(seeding, exact resume, checkpoints on interrupt (:mod:`.checkpoint`), CSV logs, DDP under torchrun
+(:mod:`.distributed`)). Submodules are imported on first use.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(config, name)
     if name in ("train", "spawn_local", "TrainResult", "TrainingDiverged", "Trainer"):
-        from . import common
+        from . import trainer
 
-        return getattr(common, name)
+        return getattr(trainer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

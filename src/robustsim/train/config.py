@@ -48,15 +48,19 @@ class OptimSection:
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
 
 
-#: data.kind values of the 2AFC recipes (train/data.py builds each).
-TRIPLET_KINDS = ("bapps", "nights", "photos-ordering", "photos-teacher", "judged", "tensors")
+def triplet_kinds() -> List[str]:
+    """data.kind values of the 2AFC recipes: the trainable datasets of ``data/registry.py`` and their aliases."""
+    from ..data.registry import dataset_spec, list_datasets
+
+    names = list_datasets(trainable=True)
+    return names + [a for n in names for a in dataset_spec(n).aliases]
 
 
 @dataclass
 class TripletDataSection:
     """2AFC triplets with judgments: BAPPS layout, NIGHTS layout, or the offline photo suites."""
 
-    kind: str = "bapps"  # one of TRIPLET_KINDS
+    kind: str = "bapps"  # one of triplet_kinds()
     root: Optional[str] = None  # dataset root (bapps/nights) or a .pt/.safetensors file of tensors
     split: str = "train"
     subsets: Optional[List[str]] = None  # BAPPS: traditional, cnn, mix
@@ -324,15 +328,21 @@ def _validate(cfg: RecipeConfig) -> None:
         raise InputError(f"attack.norm must be linf or l2, got {a.norm!r}")
     if a.loss not in ("ranking", "2afc"):
         raise InputError(f"attack.loss must be ranking or 2afc, got {a.loss!r}")
+    if not (a.eps > 0 and a.eps != float("inf")):  # NaN fails too
+        raise InputError(f"attack.eps (the perturbation bound) must be a positive finite number, got {a.eps}")
+    if a.steps < 1:
+        raise InputError(f"attack.steps must be >= 1, got {a.steps}")
+    if a.step_size is not None and not (a.step_size > 0 and a.step_size != float("inf")):
+        raise InputError(f"attack.step_size must be a positive finite number, got {a.step_size}")
     if cfg.teacher.target not in ("features", "embed"):
         raise InputError(f"teacher.target must be features or embed, got {cfg.teacher.target!r}")
     if cfg.recipe == "distill" and cfg.data.view_mode not in ("both", "random"):
         raise InputError(f"data.view_mode must be both or random, got {cfg.data.view_mode!r}")
     if cfg.recipe == "distill" and cfg.data.second_view not in ("jitter", "distort", "mixed"):
         raise InputError(f"data.second_view must be jitter, distort or mixed, got {cfg.data.second_view!r}")
-    if cfg.recipe != "distill" and cfg.data.kind not in TRIPLET_KINDS:
+    if cfg.recipe != "distill" and cfg.data.kind not in triplet_kinds():
         raise InputError(
-            f"data.kind must be one of {', '.join(TRIPLET_KINDS)}, got {cfg.data.kind!r}"
+            f"data.kind must be one of {', '.join(triplet_kinds())}, got {cfg.data.kind!r}"
         )
 
 
@@ -342,7 +352,9 @@ def check_data_paths(cfg: RecipeConfig) -> None:
     sections = [("data", cfg.data)] + ([("val_data", cfg.val_data)] if cfg.val_data is not None else [])
     for name, d in sections:
         if isinstance(d, TripletDataSection):
-            if d.kind in ("bapps", "nights", "tensors"):
+            from ..data.registry import dataset_spec
+
+            if dataset_spec(d.kind).needs_root:
                 if not d.root:
                     raise InputError(f"{name}.root is required for data.kind={d.kind}")
                 if not Path(d.root).expanduser().exists():

@@ -24,7 +24,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from .common import Dist, Recipe, _mix
+from .common import Recipe, mix
+from .distributed import Dist
 from .config import PhotoDataSection, RecipeConfig
 
 CACHE_FORMAT = "robustsim-distill-cache/1"
@@ -114,14 +115,14 @@ def second_view(plain: torch.Tensor, d: PhotoDataSection, seed: int, i: int) -> 
     Distorted views teach the student how the teacher moves under the distortions it will be asked to
     rank (blur, noise, compression, small geometric changes ...), not only under colour changes.
     """
-    from .augment import color_jitter
+    from ..data.augment import color_jitter
 
-    rng = np.random.default_rng(_mix(seed, i, 0xD15))
+    rng = np.random.default_rng(mix(seed, i, 0xD15))
     mode = d.second_view
     if mode == "mixed":
         mode = "distort" if rng.random() < 0.5 else "jitter"
     if mode == "jitter":
-        return color_jitter(plain, torch.Generator().manual_seed(_mix(seed, i, 0xC01)), p=d.jitter_p,
+        return color_jitter(plain, torch.Generator().manual_seed(mix(seed, i, 0xC01)), p=d.jitter_p,
                             gray_p=d.grayscale_p)
     from ..data.distortions import KINDS
 

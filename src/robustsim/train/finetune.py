@@ -103,7 +103,7 @@ class FinetuneRecipe(Recipe):
             acc = ((d_near < d_far).float()).mean()
             logs = {"2afc_acc": float(acc)}
             if cert_eps > 0:  # share of triplets whose certified radius already reaches cert_eps
-                logs["cert_acc"] = float((need - self.cfg.loss.margin < d_far - d_near).float().mean())
+                logs["cert_acc"] = float((need - self.cfg.loss.margin <= d_far - d_near).float().mean())
         return loss, logs
 
     def export(self, module: nn.Module, out_dir: Path) -> Path:

@@ -164,7 +164,10 @@ class RLPIPSRecipe(Recipe):
         from ..hub import save
 
         metric = module.metric
-        metric.name = metric.name or "rlpips-trained"
+        a = self.cfg.attack
+        # never keep the hub name it started from ("lpips-alex"): a judged suite would take the trained model
+        # for that judge and leave the judge's vote out of its labels
+        metric.name = "rlpips-trained-" + ("natural" if not a.enabled else f"{a.norm}-{a.target.replace('+', '-')}")
         torch.save({k: v.detach().cpu() for k, v in metric.state_dict().items()}, out_dir / "rlpips.pth")
         torch.save({k: v.detach().cpu() for k, v in module.head.state_dict().items()}, out_dir / "rank_head.pth")
         return save(metric, out_dir / "model.safetensors", recipe="rlpips")

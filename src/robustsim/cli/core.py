@@ -13,12 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-MIN_FILE_SIZE = 2  # = io.MIN_IMAGE_SIDE (not imported: this module loads before torch); the API refuses 1×1 too
+from .options import (add_json_option, add_metric_options, check_out_dir, device_from_arg, load_metric_arg, print_json, require_files,
+                      write_output)
+
+MIN_FILE_SIZE = 2  # = images.MIN_IMAGE_SIDE (not imported: this module loads before torch); the API refuses 1×1 too
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list registered metrics: human-calibrated, certified, weights present locally")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("weights", help="manage weight files (fetch them into the cache for offline use)")
@@ -28,14 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "else downloads; fails offline with what to install)")
     f.add_argument("targets", nargs="+", metavar="GROUP_OR_MODEL",
                    help="a weight group (lpips, stlpips, dists, rlpips, human = every human-calibrated metric) or a model name")
-    f.add_argument("--json", action="store_true", help="machine-readable output")
+    add_json_option(f)
     f.set_defaults(func=cmd_weights_fetch)
 
     p = sub.add_parser("distance", help="distance between two images, between same-named files of two folders, "
                                         "or between all pairs of images in one folder (--all-pairs)")
     p.add_argument("a", help="image file or folder")
     p.add_argument("b", nargs="?", default=None, help="image file or folder (same kind as A); omitted with --all-pairs")
-    _metric_options(p)
+    add_metric_options(p)
     p.add_argument("--out", help="folder modes: write the CSV (or JSON) here, atomically, instead of stdout")
     p.add_argument("--all-pairs", action="store_true",
                    help="A is one folder: the distance of every unordered pair of its images (the lpips "
@@ -49,20 +52,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ref")
     p.add_argument("x0")
     p.add_argument("x1")
-    _metric_options(p)
+    add_metric_options(p)
     p.set_defaults(func=cmd_compare)
-
-
-def _metric_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", "-m", default=None, help="metric name from `robustsim models`, or a saved .safetensors file (default: the shipped default)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     import json
 
-    from . import hub
+    from .. import hub
 
     rows = []
     for name in hub.list_models():
@@ -71,7 +68,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                      "weights_present": hub.weights_present(name), "default": name == hub.DEFAULT_MODEL,
                      "description": spec.description})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     width = max((len(r["name"]) for r in rows), default=4)
     print(f"{'name':<{width}}  human  certified  weights  description")
@@ -92,8 +89,8 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
     """
     import json
 
-    from . import hub
-    from .errors import InputError, WeightsError
+    from .. import hub
+    from ..errors import InputError, WeightsError
 
     names: List[str] = []
     for target in args.targets:
@@ -122,7 +119,7 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
         if ok:
             ready.append(name)
     if args.json:
-        print(json.dumps({"ready": ready, "files": done, "failed": failed}, indent=2))
+        print_json({"ready": ready, "files": done, "failed": failed})
     else:
         for fname, path in done.items():
             print(f"{fname}: {path}")
@@ -138,62 +135,16 @@ def cmd_weights_fetch(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def device_from_arg(name: str):
-    import torch
-
-    from .errors import InputError
-
-    try:
-        dev = torch.device(name)
-        torch.empty(0, device=dev)
-    except (RuntimeError, AssertionError) as e:
-        raise InputError(f"device {name!r} is not usable here ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return dev
-
-
-def metric_name(ref) -> str:
-    """A --metric value as hub.load wants it: a registered name in its canonical case, or a file path as given.
-
-    Names are matched case-insensitively (``LPIPS-Alex`` is ``lpips-alex``); an unknown name fails here,
-    before anything is loaded, with the closest names.
-    """
-    from . import hub
-
-    ref = hub.DEFAULT_MODEL if ref is None else str(ref)
-    if hub._looks_like_path(ref) or Path(ref).expanduser().is_file():
-        return ref  # a file: hub.load reports a missing or foreign file itself
-    return hub.model_spec(ref).name
-
-
-def load_metric_arg(args: argparse.Namespace):
-    from . import hub
-
-    dev = device_from_arg(args.device)
-    return hub.load(metric_name(args.metric), device=dev)
-
-
-def require_files(*paths: str) -> None:
-    """Fail fast (before loading a model) on paths that are not files."""
-    from .errors import InputError
-
-    for p in paths:
-        q = Path(p).expanduser()
-        if not q.exists():
-            raise InputError(f"{q}: no such file")
-        if q.is_dir():
-            raise InputError(f"{q}: is a directory, not an image file")
-
-
 def _read(path: str, metric, device):
-    from . import io
+    from .. import images
 
-    return io.load_image(path, min_size=max(MIN_FILE_SIZE, int(getattr(metric, "min_size", 1)))).to(device)
+    return images.load_image(path, min_size=max(MIN_FILE_SIZE, int(getattr(metric, "min_size", 1)))).to(device)
 
 
 def _distance(metric, x, y, names: Tuple[str, str]) -> float:
     import torch
 
-    from .errors import InputError
+    from ..errors import InputError
 
     if metric.input_size is None and x.shape[-2:] != y.shape[-2:]:
         raise InputError(
@@ -204,31 +155,14 @@ def _distance(metric, x, y, names: Tuple[str, str]) -> float:
         return float(metric(x, y)[0])
 
 
-def _write_atomic(path: str, text: str) -> None:
-    """Write text to path via a temporary file in the same folder and a rename: never half-written."""
-    from .errors import InputError
-
-    out = Path(path).expanduser()
-    if not out.parent.is_dir():
-        raise InputError(f"{out.parent}: no such directory for --out")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _pair_folders(a: Path, b: Path) -> Tuple[List[Tuple[str, Path, Path]], List[str], List[str]]:
     """(stem, file in A, file in B) for stems present in both; and the stems only in A, only in B."""
-    from . import io
-    from .errors import InputError
+    from .. import images
+    from ..errors import InputError
 
     def by_stem(folder: Path) -> Dict[str, Path]:
         out: Dict[str, Path] = {}
-        for p in io.list_images(folder):
+        for p in images.list_images(folder):
             if p.stem in out:
                 raise InputError(f"{folder}: two images named {p.stem!r} ({out[p.stem].name}, {p.name}); pairing by name is ambiguous")
             out[p.stem] = p
@@ -245,7 +179,7 @@ def _pair_folders(a: Path, b: Path) -> Tuple[List[Tuple[str, Path, Path]], List[
 def cmd_distance(args: argparse.Namespace) -> int:
     import json
 
-    from .errors import InputError
+    from ..errors import InputError
 
     a = Path(args.a).expanduser()
     if args.all_pairs:
@@ -297,13 +231,12 @@ _MAP_SUFFIXES = (".png", ".npy")
 
 
 def _check_map_path(path: str) -> None:
-    from .errors import InputError
+    from ..errors import InputError
 
     out = Path(path).expanduser()
     if out.suffix.lower() not in _MAP_SUFFIXES:
         raise InputError(f"--map {path}: use a .png (heat map) or .npy (raw values) file name")
-    if not out.parent.is_dir():
-        raise InputError(f"{out.parent}: no such directory for --map")
+    check_out_dir(path, "--map")
 
 
 def _write_map(metric, x, y, path: str) -> Dict[str, Any]:
@@ -315,7 +248,7 @@ def _write_map(metric, x, y, path: str) -> Dict[str, Any]:
     import numpy as np
     import torch
 
-    from . import io
+    from .. import images
 
     with torch.no_grad():
         sm = metric.spatial_map(x, y)[0, 0].detach().to("cpu", torch.float64)
@@ -333,7 +266,7 @@ def _write_map(metric, x, y, path: str) -> Dict[str, Any]:
         from matplotlib import colormaps
 
         rgb = colormaps["magma"]((sm / hi).numpy() if hi > 0 else np.zeros(tuple(sm.shape)))[..., :3]
-        io.save_image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float(), out)
+        images.save_image(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float(), out)
     return {"file": str(out), "height": int(sm.shape[0]), "width": int(sm.shape[1]), "mean": float(sm.mean()), "max": hi}
 
 
@@ -351,13 +284,13 @@ def _distance_all_pairs(args: argparse.Namespace, folder: Path) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .errors import InputError
+    from ..errors import InputError
 
-    if args.out and not Path(args.out).expanduser().parent.is_dir():
-        raise InputError(f"{Path(args.out).expanduser().parent}: no such directory for --out")
-    from . import io
+    if args.out:
+        check_out_dir(args.out)
+    from .. import images
 
-    files = io.list_images(folder)
+    files = images.list_images(folder)
     if len(files) < 2:
         raise InputError(f"{folder}: --all-pairs needs at least 2 images, found {len(files)}")
     metric = load_metric_arg(args)
@@ -392,7 +325,7 @@ def _distance_all_pairs(args: argparse.Namespace, folder: Path) -> int:
             w.writerow([r["a"], r["b"], f"{r['distance']:.8g}"])
         text = buf.getvalue()
     if args.out:
-        _write_atomic(args.out, text)
+        write_output(args.out, text)
     else:
         sys.stdout.write(text)
     print(f"robustsim: {len(rows)} pair(s) of {len(files)} images; mean distance {mean:.6g}"
@@ -407,10 +340,10 @@ def _distance_folders(args: argparse.Namespace, a: Path, b: Path) -> int:
 
     from tqdm.auto import tqdm
 
-    from .errors import InputError
+    from ..errors import InputError
 
-    if args.out and not Path(args.out).expanduser().parent.is_dir():
-        raise InputError(f"{Path(args.out).expanduser().parent}: no such directory for --out")
+    if args.out:
+        check_out_dir(args.out)
     pairs, only_a, only_b = _pair_folders(a, b)
     if only_a:
         print(f"robustsim: {len(only_a)} image(s) only in {a}: {', '.join(only_a[:10])}{' ...' if len(only_a) > 10 else ''}", file=sys.stderr)
@@ -434,7 +367,7 @@ def _distance_folders(args: argparse.Namespace, a: Path, b: Path) -> int:
             w.writerow([r["name"], r["a"], r["b"], f"{r['distance']:.8g}"])
         text = buf.getvalue()
     if args.out:
-        _write_atomic(args.out, text)
+        write_output(args.out, text)
         print(f"robustsim: {len(rows)} pair(s) written to {args.out}"
               + (f"; {len(only_a) + len(only_b)} unmatched" if only_a or only_b else ""), file=sys.stderr)
     else:
@@ -467,7 +400,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if metric.certified:
         import torch
 
-        from . import certify
+        from .. import certify
 
         with torch.no_grad():
             c = certify.two_afc(metric, ref, x0, x1)
@@ -480,7 +413,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             "units": f"l2 norm in [0,1] pixel units of REF as given ({ref.shape[-1]}×{ref.shape[-2]})",
         }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
         return 0
     print(f"metric     {metric.name}")
     print(f"d(ref, x0) {d0:.6g}   {args.x0}")

@@ -18,9 +18,14 @@ import argparse
 from pathlib import Path
 from typing import List
 
+from ..attacks.engine import NORMS
+from ..attacks.optimisers import list_optimisers
+from ..attacks.twoafc import TARGETS
+from ..data.registry import dataset_spec, list_datasets
 from ..errors import InputError
+from ..evaluate.suites import list_suites, run_suite, suite_spec
+from .options import add_device_option, add_metric_option
 
-DATASETS = ("judged", "judged-pairs", "ordering", "teacher", "bapps-2afc", "bapps-jnd", "nights")
 
 
 def _floats(s: str) -> List[float]:
@@ -35,10 +40,10 @@ def _floats(s: str) -> List[float]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a metric: 2AFC natural/attacked/certified, JND, embedding attack, retrieval")
-    p.add_argument("--metric", help="hub name or saved .safetensors (default: the shipped default model)")
-    p.add_argument("--dataset", choices=DATASETS, help="which data to evaluate on")
-    p.add_argument("--suite", choices=("judged", "offline"),
-                   help="judged: every offline metric on the judged suite -> docs/RESULTS.md; offline: the ordering-suite report")
+    add_metric_option(p)
+    p.add_argument("--dataset", choices=list_datasets(), help="which data to evaluate on")
+    p.add_argument("--suite", choices=list_suites(),
+                   help="; ".join(f"{n}: {suite_spec(n).description}" for n in list_suites()))
     p.add_argument("--root", help="dataset root (BAPPS / NIGHTS)")
     p.add_argument("--split", help="dataset split (BAPPS: train|val, NIGHTS: test|test_imagenet|..., photos: heldout|train)")
     p.add_argument("--categories", help="BAPPS categories, comma-separated (default: all of the split)")
@@ -52,17 +57,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "also $ROBUSTSIM_PHOTOS)")
     p.add_argument("--per-window", type=int, default=2, help="judged suite: candidate triplets per photo window")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--attack", help="2AFC attack method: apgd-ce | pgd")
-    p.add_argument("--norm", default="l2", choices=("l2", "linf"))
+    p.add_argument("--attack", choices=list_optimisers(), help="2AFC attack method")
+    p.add_argument("--norm", default="l2", choices=NORMS)
     p.add_argument("--eps", default="0.5,1,2,3", help="attack budgets, comma-separated ([0,1] pixel units)")
-    p.add_argument("--target", default="ref", help="perturbed image(s): ref | x0 | x1 | x0+x1")
+    p.add_argument("--target", default="ref", choices=TARGETS, help="perturbed image(s)")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--restarts", type=int, default=1)
     p.add_argument("--certified", action="store_true", help="certified 2AFC (certified metrics): same forward pass as natural")
     p.add_argument("--embedding-attack", action="store_true", help="also the embedding attack histogram at --eps")
     p.add_argument("--retrieval", action="store_true", help="also top-1 retrieval clean/attacked (ordering suite)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default=None)
+    add_device_option(p, default=None)
     p.add_argument("--limit", type=int, help="evaluate only the first N items")
     p.add_argument("--on-corrupt", default="skip", choices=("skip", "fail"),
                    help="unreadable image in a dataset: skip and count it (default) or stop")
@@ -72,68 +77,48 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _dataset(args, metric):
-    from ..data import bapps, night, photos
+    from ..data.registry import build_dataset, dataset_spec
 
-    d = args.dataset
-    if d in ("ordering", "teacher"):
-        size = args.size or (metric.input_size[0] if getattr(metric, "input_size", None) else 64)
-        split = args.split or "heldout"
-        if d == "ordering":
-            return photos.OrderingSuite(n=args.n, size=size, split=split, seed=args.seed)
-        from .. import hub
-
-        judge = hub.load(args.judge, device=args.device)
-        return photos.TeacherSuite(judge, n=args.n, size=size, split=split, seed=args.seed, batch_size=args.batch_size,
-                                   progress=not args.no_progress)
-    if not args.root:
-        raise InputError(f"--dataset {d} needs --root (the folder holding the dataset; see `robustsim data fetch`)")
-    if d == "bapps-2afc":
-        return bapps.BAPPS2AFC(args.root, args.split or "val", args.categories, load_size=args.size or 64)
-    if d == "bapps-jnd":
-        return bapps.BAPPSJND(args.root, args.categories, load_size=args.size or 64, split=args.split or "val")
-    return night.Nights(args.root, args.split or "test", load_size=args.size or 224)
+    spec = dataset_spec(args.dataset)
+    size = args.size
+    if size is None and spec.size_from_metric and getattr(metric, "input_size", None):
+        size = metric.input_size[0]
+    opts = {}
+    if spec.name == "teacher":
+        opts = dict(teacher=args.judge, device=args.device, batch_size=args.batch_size, progress=not args.no_progress)
+    return build_dataset(spec.name, root=args.root, split=args.split, size=size, n=args.n, seed=args.seed,
+                         categories=args.categories, **opts)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from ..evaluate.report import write_report
 
     progress = not args.no_progress
-    if args.suite == "offline":
-        from .offline import run_offline_suite
-
-        out = run_offline_suite(args.out or "docs", run_dir="work_data/results_run", progress=progress, device=args.device,
-                                stem="ORDERING")
-        print(f"wrote {out['paths']['md']}")
-        return 0
-    if args.suite == "judged":
-        from .results import ResultsPlan, run_judged_results
-
-        plan = ResultsPlan(extra_dirs=list(args.extra_dir))
-        out = run_judged_results(args.out or "docs", plan=plan, progress=progress, device=args.device,
-                                 command="robustsim eval --suite judged" + "".join(f" --extra-dir {d}" for d in args.extra_dir))
+    if args.suite:
+        out = run_suite(args.suite, args.out or "docs", progress=progress, device=args.device, extra_dirs=args.extra_dir)
         print(f"wrote {out['paths']['md']}")
         return 0
     if not args.dataset:
-        raise InputError(f"give --dataset ({', '.join(DATASETS)}) or --suite judged|offline")
+        raise InputError(f"give --dataset ({', '.join(list_datasets())}) or --suite {'|'.join(list_suites())}")
     from .. import hub
 
-    if args.dataset in ("judged", "judged-pairs"):
+    if dataset_spec(args.dataset).protocol in ("judged", "judged-pairs"):
         return _cmd_judged(args, progress)
     metric = hub.load(args.metric, device=args.device)
     ds = _dataset(args, metric)
     out = Path(args.out) if args.out else None
     ident = {"dataset": args.dataset, "root": args.root, "split": args.split, "categories": args.categories,
-             "n": args.n if args.dataset in ("ordering", "teacher") else None, "size": args.size, "seed": args.seed}
+             "n": None if dataset_spec(args.dataset).needs_root else args.n, "size": args.size, "seed": args.seed}
     result = {}
-    if args.dataset == "bapps-jnd":
-        from .jnd import evaluate_jnd
+    if dataset_spec(args.dataset).protocol == "jnd":
+        from ..evaluate.jnd import evaluate_jnd
 
         if args.attack or args.certified or args.retrieval or args.embedding_attack:
-            raise InputError("--dataset bapps-jnd supports the natural JND mAP only")
+            raise InputError(f"--dataset {args.dataset} supports the natural JND mAP only")
         result = evaluate_jnd(metric, ds, args.batch_size, args.device, run_dir=out and out / "jnd", limit=args.limit,
                               on_corrupt=args.on_corrupt, progress=progress, config=ident)
     else:
-        from .twoafc import AttackSpec, evaluate_2afc
+        from ..evaluate.twoafc import AttackSpec, evaluate_2afc
 
         if args.retrieval and not getattr(metric, "has_embedding", False):
             raise InputError(f"{metric.name} has no embedding: --retrieval needs a cosine/embedding metric (not LPIPS)")
@@ -144,15 +129,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                run_dir=out and out / "2afc", limit=args.limit, on_corrupt=args.on_corrupt,
                                progress=progress, config=ident)
         if args.embedding_attack:
-            from .embedding import evaluate_embedding_attack
+            from ..evaluate.embedding import evaluate_embedding_attack
 
             result["embedding"] = evaluate_embedding_attack(metric, ds, _floats(args.eps), args.steps, args.batch_size,
                                                             args.device, run_dir=out and out / "embedding",
                                                             limit=args.limit, on_corrupt=args.on_corrupt,
                                                             progress=progress, seed=args.seed, config=ident)
         if args.retrieval:
-            from .offline import offline_retrieval_set
-            from .retrieval import evaluate_retrieval
+            from ..evaluate.offline import offline_retrieval_set
+            from ..evaluate.retrieval import evaluate_retrieval
 
             if args.dataset != "ordering":
                 raise InputError("--retrieval is available with --dataset ordering (queries: weaker distortions)")
@@ -163,7 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if out:
         paths = write_report([result], out, title=f"{metric.name} on {args.dataset}")
         print(f"report: {paths['md']}")
-    from .report import markdown
+    from ..evaluate.report import markdown
 
     print(markdown([result], title=f"{metric.name} on {args.dataset}"))
     return 0
@@ -179,8 +164,8 @@ def _cmd_judged(args: argparse.Namespace, progress: bool) -> int:
 
     from .. import hub
     from ..data.judged import DEFAULT_JUDGES, JudgedPairs, JudgedPool
-    from .judged import evaluate_judged, evaluate_pairs
-    from .twoafc import AttackSpec
+    from ..evaluate.judged import evaluate_judged, evaluate_pairs
+    from ..evaluate.twoafc import AttackSpec
 
     if args.retrieval or args.embedding_attack:
         raise InputError("--retrieval / --embedding-attack are not available with the judged suites")

@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import add_device_option, add_metric_option
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP API + web page: distances, certified 2AFC, attacks, certified near-duplicate search (needs [serve])",
                        description="Start the robustsim service. The page is at http://HOST:PORT/, the API under /api, "
                                    "its OpenAPI documentation at /docs.")
-    p.add_argument("--metric", "-m", default=None,
-                   help="metric name or saved .safetensors (default: the index's metric, else the shipped lipsim-default)")
+    add_metric_option(p, help="metric name or saved .safetensors (default: the index's metric, else the shipped lipsim-default)")
     p.add_argument("--index", default=None, help="index file or sharded index folder for /api/search (`robustsim index`, `robustsim index-distributed`)")
     p.add_argument("--baseline", default="auto",
                    help="non-robust metric shown next to the certified one by the attack view ('auto': the first local one of "
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="per-request limit in seconds; beyond it 504 (default 60)")
     p.add_argument("--max-attack-steps", type=int, default=200, help="largest APGD step count per attack request (default 200)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu")
+    add_device_option(p)
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the start-up certificate that pays one-time set-up costs before the first request")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -41,8 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .app import ServeConfig, create_app
-        from .limits import Limits
+        from ..serve.app import ServeConfig, create_app
+        from ..serve.limits import Limits
     except ImportError as e:
         raise InputError(f"serve needs FastAPI and uvicorn: pip install 'robustsim[serve]' ({e})") from None
     if not (0 <= args.port <= 65535):
@@ -68,42 +69,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1,
                 timeout_graceful_shutdown=5)
     return 0
-
-
-class BackgroundServer:
-    """uvicorn serving ``app`` in a thread of this process (notebooks, tests, benchmarks).
-
-    Why: the load and browser checks need a real HTTP server (real sockets, real concurrency, the
-    real 503 path), but starting a subprocess re-imports torch and the model for seconds. Binds to
-    127.0.0.1 by default, on a free port when ``port`` is 0; ``url`` is known once started.
-    """
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        import uvicorn
-
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, workers=1, lifespan="on",
-                                     timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(self.config)
-        self.thread = None
-        self.url = ""
-
-    def __enter__(self) -> "BackgroundServer":
-        import threading
-        import time
-
-        self.thread = threading.Thread(target=self.server.run, name="robustsim-serve-http", daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the background server did not start")
-            time.sleep(0.02)
-        sock = self.server.servers[0].sockets[0]
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(timeout=10)

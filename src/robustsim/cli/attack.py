@@ -12,11 +12,15 @@ again on the files as read back.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Dict, List
 
 import torch
+
+from ..attacks.engine import NORMS
+from ..attacks.optimisers import list_optimisers
+from ..attacks.twoafc import DIRECTIONS, PAIR_TARGETS, TARGETS
+from .options import add_json_option, add_metric_options, emit, load_metric_arg, require_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,24 +29,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     kinds.required = True
 
     def common(q: argparse.ArgumentParser, default_method: str, default_eps: float) -> None:
-        q.add_argument("--metric", "-m", default=None, help="metric name or saved .safetensors (default: the shipped default)")
-        q.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-        q.add_argument("--norm", default="l2", choices=["l2", "linf"])
+        add_metric_options(q, json_output=False)
+        q.add_argument("--norm", default="l2", choices=NORMS)
         q.add_argument("--eps", type=float, default=default_eps, help="budget per perturbed image, [0, 1] pixel units")
-        q.add_argument("--method", default=default_method, help="apgd-ce | apgd | pgd")
+        q.add_argument("--method", default=default_method, choices=list_optimisers(), help="attack optimiser")
         q.add_argument("--steps", type=int, default=100)
         q.add_argument("--restarts", type=int, default=1)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--out", "-o", default=None,
                        help="folder for the adversarial PNGs, created if missing (default: a new folder "
                             "attack-KIND-YYYYmmdd-HHMMSS here, never the current folder itself)")
-        q.add_argument("--json", action="store_true", help="machine-readable output")
+        add_json_option(q)
 
     q = kinds.add_parser("2afc", help="flip which of X0, X1 the metric finds closer to REF")
     q.add_argument("ref")
     q.add_argument("x0")
     q.add_argument("x1")
-    q.add_argument("--target", default="ref", choices=["ref", "x0", "x1", "x0+x1"])
+    q.add_argument("--target", default="ref", choices=TARGETS)
     q.add_argument("--label", type=int, default=None, help="0 if X0 is the closer (default: the metric's clean decision)")
     q.add_argument("--loss", default="ce", choices=["ce", "margin"])
     common(q, "apgd-ce", 1.0)
@@ -51,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = kinds.add_parser("pair", help="push d(A, B) up or down")
     q.add_argument("a")
     q.add_argument("b")
-    q.add_argument("--direction", default="up", choices=["up", "down"])
-    q.add_argument("--target", default="x", choices=["x", "y", "both"], help="perturb A (x), B (y) or both")
+    q.add_argument("--direction", default="up", choices=DIRECTIONS)
+    q.add_argument("--target", default="x", choices=PAIR_TARGETS, help="perturb A (x), B (y) or both")
     q.add_argument("--threshold", type=float, default=None, help="stop once d crosses this value")
     common(q, "apgd", 1.0)
     q.set_defaults(func=cmd_pair)
@@ -64,17 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(paths: List[str], dev):
-    from ..commands import require_files
-    from ..io import load_image
+    from ..images import load_image
 
     require_files(*paths)
     return [load_image(p).to(dev) for p in paths]
-
-
-def _metric(args):
-    from ..commands import load_metric_arg
-
-    return load_metric_arg(args)
 
 
 def _out_dir(args) -> Path:
@@ -104,7 +100,7 @@ def _quantise(adv: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
 
 
 def _save(adv: torch.Tensor, clean: torch.Tensor, src: str, out: Path) -> Dict:
-    from ..io import load_image, save_image
+    from ..images import load_image, save_image
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{Path(src).stem}_adv.png"
@@ -119,14 +115,6 @@ def _size(adv, clean) -> Dict[str, float]:
     return {"l2": float(delta.norm()), "linf": float(delta.abs().max())}
 
 
-def _emit(args, report: Dict, lines: List[str]) -> int:
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print("\n".join(lines))
-    return 0
-
-
 def _budget_line(name, s, args):
     inside = (s["l2"] if args.norm == "l2" else s["linf"]) <= args.eps * (1 + 1e-6)
     return f"  {name}: saved {s['file']}  l2 {s['l2']:.4f}  linf {s['linf']:.4f} ({s['linf'] * 255:.1f}/255)" + (
@@ -134,10 +122,10 @@ def _budget_line(name, s, args):
 
 
 def cmd_2afc(args: argparse.Namespace) -> int:
-    from . import run_2afc
+    from ..attacks import run_2afc
 
-    metric = _metric(args)
-    dev = next(metric.parameters()).device if any(True for _ in metric.parameters()) else torch.device("cpu")
+    metric = load_metric_arg(args)
+    dev = metric.device
     ref, x0, x1 = _load([args.ref, args.x0, args.x1], dev)
     label = None if args.label is None else torch.tensor([args.label])
     res = run_2afc(metric, ref, x0, x1, label, norm=args.norm, eps=args.eps, method=args.method, target=args.target,
@@ -171,14 +159,14 @@ def cmd_2afc(args: argparse.Namespace) -> int:
         f"{'FLIPPED' if saved_dec != label_v else 'not flipped'}",
         *[_budget_line(k, saved[k], args) for k in perturbed],
     ]
-    return _emit(args, report, lines)
+    return emit(args, report, lines)
 
 
 def cmd_pair(args: argparse.Namespace) -> int:
-    from . import run_pair
+    from ..attacks import run_pair
 
-    metric = _metric(args)
-    dev = next(metric.parameters()).device if any(True for _ in metric.parameters()) else torch.device("cpu")
+    metric = load_metric_arg(args)
+    dev = metric.device
     a, b = _load([args.a, args.b], dev)
     method = "apgd" if args.method == "apgd-ce" else args.method
     res = run_pair(metric, a, b, args.direction, args.target, args.norm, args.eps, method, args.steps, args.restarts,
@@ -202,14 +190,14 @@ def cmd_pair(args: argparse.Namespace) -> int:
         report["saved"]["crossed"] = ds > args.threshold if args.direction == "up" else ds < args.threshold
     lines = [f"d clean {float(res.clean_d):.5f} -> attacked {float(res.adv_d):.5f} -> saved files {ds:.5f}",
              *[_budget_line(k, saved[k], args) for k in perturbed]]
-    return _emit(args, report, lines)
+    return emit(args, report, lines)
 
 
 def cmd_embedding(args: argparse.Namespace) -> int:
-    from . import embedding_attack
+    from ..attacks import embedding_attack
 
-    metric = _metric(args)
-    dev = next(metric.parameters()).device if any(True for _ in metric.parameters()) else torch.device("cpu")
+    metric = load_metric_arg(args)
+    dev = metric.device
     (x,) = _load([args.x], dev)
     method = "apgd" if args.method == "apgd-ce" else args.method
     x_adv, d = embedding_attack(metric, x, args.eps, args.norm, args.steps, args.restarts, args.seed, method,
@@ -221,4 +209,4 @@ def cmd_embedding(args: argparse.Namespace) -> int:
               "adversarial": {"d": float(d), **_size(x_adv, x)},
               "saved": {"d": ds, **{k: v for k, v in s.items() if k != "image"}}}
     lines = [f"d(x, x_adv): attacked {float(d):.5f} -> saved file {ds:.5f}", _budget_line("x", s, args)]
-    return _emit(args, report, lines)
+    return emit(args, report, lines)

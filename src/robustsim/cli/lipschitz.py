@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_convert_lipsim(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from .convert import convert_lipsim
+    from ..lipschitz.convert import convert_lipsim
 
     if args.embed_dim is not None and args.embed_dim < 1:
         raise InputError(f"--embed-dim must be >= 1, got {args.embed_dim}")
@@ -52,10 +52,10 @@ def cmd_convert_lipsim(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     import time
 
-    from ..commands import metric_name
+    from .options import metric_name
     from ..errors import InputError
     from ..hub import load
-    from .verify import QUICK, THOROUGH, verify
+    from ..lipschitz.verify import QUICK, THOROUGH, verify
 
     preset = dict(THOROUGH if args.thorough else QUICK)
     given = {"n_samples": args.samples, "iters": args.iters, "restarts": args.restarts, "steps": args.steps}

@@ -12,7 +12,7 @@ import torch
 from conftest import real_photo
 from PIL import Image, ImageOps
 
-from robustsim import io
+from robustsim import images as io
 from robustsim.errors import InputError
 
 

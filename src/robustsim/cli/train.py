@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Dict, List
 
-from .config import RECIPES
+from ..train.config import RECIPES
+from .options import add_json_option, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default="auto", help="auto (default: continue from OUT_DIR/checkpoint.pt if present), never, or a checkpoint path")
     p.add_argument("--nproc", type=int, default=1, help="local processes (CPU/gloo data parallel) instead of torchrun")
     p.add_argument("--prepare-only", action="store_true", help="distill: build the teacher-embedding cache and stop")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_option(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -40,11 +41,9 @@ def parse_overrides(items: List[str]) -> Dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import json
-
     from ..errors import InputError
-    from .common import spawn_local, train
-    from .config import load_config
+    from ..train.trainer import spawn_local, train
+    from ..train.config import load_config
 
     overrides = parse_overrides(args.overrides)
     cfg = load_config(args.config, overrides)
@@ -53,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.prepare_only:
         if cfg.recipe != "distill":
             raise InputError("--prepare-only applies to the distill recipe")
-        from .distill import DistillRecipe
+        from ..train.distill import DistillRecipe
 
         cache = DistillRecipe(cfg).prepare_cache()
         print(f"teacher cache ready: {cache.root} ({cache.n} crops, {cache.dim}-d targets)")
@@ -71,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "last_loss": res.losses[-1][1] if res.losses else None,
             "samples_per_second": round(res.samples_per_second, 3)}
     if args.json:
-        print(json.dumps(info, indent=2))
+        print_json(info)
     else:
         print(f"{res.status}: step {res.step}/{res.total_steps}, last loss {info['last_loss']}, "
               f"model {info['model'] or '-'} (checkpoint {info['checkpoint']})")

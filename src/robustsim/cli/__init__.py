@@ -17,15 +17,14 @@ import sys
 from typing import Iterator, List, Optional
 
 SUBCOMMANDS: List[str] = [
-    "robustsim.commands",
-    "robustsim.data.cli",
-    "robustsim.evaluate.cli",
-    "robustsim.lipschitz.cli",
-    "robustsim.train.cli",
-    "robustsim.retrieval.cli",
-    "robustsim.attacks.cli",
-    "robustsim.serve.cli",
-    "robustsim.retrieval.distributed",
+    "robustsim.cli.core",
+    "robustsim.cli.data",
+    "robustsim.cli.eval",
+    "robustsim.cli.lipschitz",
+    "robustsim.cli.train",
+    "robustsim.cli.retrieval",
+    "robustsim.cli.attack",
+    "robustsim.cli.serve",
 ]
 
 
@@ -80,7 +79,7 @@ def _finish(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robustsim", description="Perceptual image similarity that stays trustworthy under attack.")
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"robustsim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -129,7 +128,7 @@ def progress_bars(enabled: bool) -> Iterator[None]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .errors import RobustsimError
+    from ..errors import RobustsimError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..io import check_images
+from ..images import check_images
 
 NORMS = ("linf", "l2")
 _NORM_ALIASES = {"linf": "linf", "l-inf": "linf", "inf": "linf", "l2": "l2", "2": "l2"}
@@ -47,6 +47,12 @@ def check_norm(norm: str) -> str:
     if key not in _NORM_ALIASES:
         raise InputError(f"unknown norm {norm!r}; choose 'linf' or 'l2'")
     return _NORM_ALIASES[key]
+
+
+def check_metric(metric) -> None:
+    """A metric to attack: an nn.Module ``d(x, y) -> (N,)``."""
+    if not isinstance(metric, torch.nn.Module) or not callable(metric):
+        raise InputError(f"metric must be a robustsim Metric (an nn.Module d(x, y) -> (N,)), got {type(metric).__name__}")
 
 
 def diameter(norm: str, numel: int) -> float:
@@ -86,7 +92,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], -1)
 
 
-def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-sample (B,) or per-image (B, K) values broadcast against a B×K×C×H×W tensor."""
     while v.dim() < like.dim():
         v = v.unsqueeze(-1)
@@ -131,7 +137,7 @@ def ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "linf":
         return g.sign()
     n = _flat(g).norm(dim=-1)
-    return g / _expand(n + 1e-12, g)
+    return g / expand(n + 1e-12, g)
 
 
 def random_start(center: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
@@ -141,7 +147,7 @@ def random_start(center: torch.Tensor, eps: float, norm: str, gen: torch.Generat
         d = u * eps
     else:
         u = torch.randn(center.shape, generator=gen, dtype=center.dtype)
-        d = u / _expand(_flat(u).norm(dim=-1) + 1e-12, u) * eps
+        d = u / expand(_flat(u).norm(dim=-1) + 1e-12, u) * eps
     return project(center + d.to(center.device), center, eps, norm)
 
 
@@ -311,7 +317,7 @@ def finish_run(by_success: bool, found, x_found, x_best, best_loss, succ_best) -
     """A run's answer: with early stopping the first success (loss +inf marks it), else the best-loss point."""
     if not by_success:
         return AttackResult(x_best, succ_best, best_loss)
-    out = torch.where(_expand(found, x_best), x_found, x_best)
+    out = torch.where(expand(found, x_best), x_found, x_best)
     return AttackResult(out, found, torch.where(found, torch.full_like(best_loss, float("inf")), best_loss))
 
 
@@ -343,13 +349,16 @@ def check_any_images(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def attack_classifier(maximize_fn, classifier: torch.nn.Module, x: torch.Tensor, y: Optional[torch.Tensor],
-                      loss: LossSpec, return_result: bool, **kwargs):
+def attack_classifier(maximize_fn, classifier: torch.nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None,
+                      norm: str = "linf", eps: float = 8 / 255, steps: int = 100, restarts: int = 1, seed: int = 0,
+                      loss: LossSpec = "ce", return_result: bool = False, progress: bool = False, **kwargs):
     """Shared front end of the classifier attacks: validate x and y, run ``maximize_fn`` on the
-    classifier objective over x as N×1×C×H×W, return the AttackResult or x_adv (N×C×H×W)."""
+    classifier objective over x as N×1×C×H×W, return the AttackResult or x_adv (N×C×H×W).
+    ``kwargs`` are the optimiser's own options (PGD's step size and schedule)."""
     x = check_any_images(x)
     y = check_labels(classifier, x, y)
-    res = maximize_fn(ClassifierObjective(classifier, y, loss), x[:, None], early_stop=True, **kwargs)
+    res = maximize_fn(ClassifierObjective(classifier, y, loss), x[:, None], eps=eps, norm=norm, steps=steps,
+                      restarts=restarts, seed=seed, early_stop=True, progress=progress, **kwargs)
     return res if return_result else res.x_adv[:, 0]
 
 
@@ -371,22 +380,3 @@ def check_labels(model: torch.nn.Module, x: torch.Tensor, y: Optional[torch.Tens
     if bool((y < 0).any()) or bool((y >= logits.shape[1]).any()):
         raise InputError(f"labels must lie in [0, {logits.shape[1] - 1}]")
     return y
-
-
-METHODS = ("apgd-ce", "apgd", "pgd")
-
-
-def maximize(method: str, objective: Objective, center: torch.Tensor, eps: float, norm: str, steps: int,
-             restarts: int, seed: int, early_stop: bool = True, progress: bool = False) -> AttackResult:
-    """Dispatch to APGD ('apgd-ce' and 'apgd' are the same optimiser; the loss is the objective's) or PGD."""
-    m = str(method).lower()
-    if m in ("apgd-ce", "apgd"):
-        from .apgd import apgd_maximize
-
-        return apgd_maximize(objective, center, eps, norm, steps, restarts, seed, early_stop, progress)
-    if m == "pgd":
-        from .pgd import pgd_maximize
-
-        return pgd_maximize(objective, center, eps, norm, steps, restarts, seed, early_stop=early_stop,
-                            progress=progress)
-    raise InputError(f"unknown attack method {method!r}; choose one of {', '.join(METHODS)}")

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from ..retrieval.distributed import add_arguments as add_distributed_arguments
+from ..retrieval.index import KINDS
+from ..retrieval.distributed import cmd_index_distributed
+from .options import add_device_option, add_json_option, add_metric_option, load_metric, metric_name, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="embed every image under a folder into a searchable index file (needs [retrieval])")
     p.add_argument("folder", nargs="?", help="folder of images (searched recursively)")
     p.add_argument("--out", "-o", required=True, help="index file to write (replaced atomically)")
-    p.add_argument("--metric", "-m", default=None, help="metric name or saved .safetensors (default: the shipped default)")
-    p.add_argument("--weights", default=None, help="weights file for the metric name")
-    p.add_argument("--kind", choices=("exact", "ivf", "hnsw"), default="exact", help="FAISS index kind (default exact)")
+    add_metric_option(p, weights=True)
+    p.add_argument("--kind", choices=KINDS, default="exact", help="FAISS index kind (default exact)")
     p.add_argument("--nlist", type=int, default=None, help="ivf: number of lists (default ~4·sqrt(N))")
     p.add_argument("--nprobe", type=int, default=None, help="ivf: lists probed per query (default nlist/8)")
     p.add_argument("--hnsw-m", type=int, default=32, help="hnsw: links per node (default 32)")
@@ -22,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="add the folder's new files to the existing --out index and drop its files that no longer exist")
     p.add_argument("--remove", nargs="+", default=None, metavar="PATH", help="remove these files (or folders) from --out")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
+    add_device_option(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="nearest stored images of query images, with certified radii for certified metrics")
@@ -30,24 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("queries", nargs="+", help="query image files")
     p.add_argument("-k", type=int, default=5, help="neighbours per query (default 5)")
     p.add_argument("--tau", type=float, default=None, help="near-duplicate threshold on d = 1 - cos (decision d <= tau)")
-    p.add_argument("--metric", "-m", default=None, help="override the metric recorded in the index (must be the same model)")
-    p.add_argument("--weights", default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--device", default="cpu")
+    add_metric_option(p, help="override the metric recorded in the index (must be the same model)", weights=True)
+    add_json_option(p)
+    add_device_option(p)
     p.set_defaults(func=cmd_search)
 
-
-def load_metric_arg(ref, weights, device):
-    from .. import hub
-    from ..commands import device_from_arg, metric_name
-
-    ref = metric_name(ref)
-    return hub.load(ref, weights=weights, device=device_from_arg(device)) if weights else hub.load(ref, device=device_from_arg(device))
+    p = sub.add_parser("index-distributed",
+                       help="build a sharded index with several workers (torchrun; one model replica per worker)")
+    add_distributed_arguments(p)
+    p.set_defaults(func=cmd_index_distributed)
 
 
 def _metric_ref(ref):
-    from ..commands import metric_name
-
     ref = metric_name(ref)
     p = Path(ref).expanduser()
     return str(p.resolve()) if p.is_file() else ref
@@ -55,7 +52,7 @@ def _metric_ref(ref):
 
 def cmd_index(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from .index import build_index, find_images, load_index
+    from ..retrieval.index import build_index, find_images, load_index
 
     out = Path(args.out).expanduser()
     if args.remove:
@@ -70,7 +67,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.update:
         ix = load_index(out)
-        metric = load_metric_arg(args.metric or ix.metric_ref, args.weights, args.device)
+        metric = load_metric(args.metric or ix.metric_ref, device=args.device, weights=args.weights)
         ix.check_metric(metric)
         folder = Path(args.folder)
         files = find_images(folder)
@@ -79,7 +76,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         removed = ix.remove(gone)
         added = ix.add_images(metric, files, batch_size=args.batch_size, progress=True)
     else:
-        metric = load_metric_arg(args.metric, args.weights, args.device)
+        metric = load_metric(args.metric, device=args.device, weights=args.weights)
         params = {}
         if args.kind == "ivf":
             params = {k: v for k, v in (("nlist", args.nlist), ("nprobe", args.nprobe)) if v is not None}
@@ -97,14 +94,14 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .index import load_index
-    from .search import search
+    from ..retrieval.index import load_index
+    from ..retrieval.search import search
 
     ix = load_index(args.index)
-    metric = load_metric_arg(args.metric or ix.metric_ref, args.weights, args.device)
+    metric = load_metric(args.metric or ix.metric_ref, device=args.device, weights=args.weights)
     results = search(ix, metric, args.queries, k=args.k, tau=args.tau)
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print_json([r.to_dict() for r in results])
         return 0
     for r in results:
         print(f"{r.query}{_top1_note(r)}")

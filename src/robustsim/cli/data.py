@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.registry import archive_names
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="download / validate BAPPS and NIGHTS; list the offline photos")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
     f = dsub.add_parser("fetch", help="download (resumable) and extract a dataset, then validate it")
-    f.add_argument("name", help="bapps-2afc-train | bapps-2afc-val | bapps-jnd | nights")
+    f.add_argument("name", choices=archive_names(), help="dataset archive")
     f.add_argument("--root", required=True, help="folder to put the dataset in")
     f.add_argument("--keep-archive", action="store_true")
     f.set_defaults(func=cmd_fetch)
     c = dsub.add_parser("check", help="validate a dataset layout; says exactly what is missing")
-    c.add_argument("name")
+    c.add_argument("name", choices=archive_names(), help="dataset archive")
     c.add_argument("--root", required=True)
     c.set_defaults(func=cmd_check)
     ph = dsub.add_parser("photos", help="list the real photos available offline, their split and licence")
@@ -23,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .fetch import fetch_dataset
+    from ..data.fetch import fetch_dataset
 
     root = fetch_dataset(args.name, args.root, keep_archive=args.keep_archive)
     print(f"{args.name}: ready under {root}")
@@ -31,7 +33,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .fetch import check_layout
+    from ..data.fetch import check_layout
 
     check_layout(args.name, args.root)
     print(f"{args.name}: layout OK under {args.root}")
@@ -39,7 +41,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_photos(args: argparse.Namespace) -> int:
-    from .photos import photo_sources
+    from ..data.photos import photo_sources
 
     for s in photo_sources(args.extra_dir):
         print(f"{s.split:<8} {'gray' if s.gray else 'rgb ':<5} {s.origin:<7} {s.name:<28} {s.licence}")

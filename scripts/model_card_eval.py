@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""The shipped model's card numbers on the held-out judged suite: natural, certified and attacked 2AFC.
+
+    python scripts/model_card_eval.py --out docs/model_card_eval                    # the card (docs/MODELS.md)
+    python scripts/model_card_eval.py --metrics lipsim-default --n 60 --n-attack 8 --steps 5 --out /tmp/c
+
+Per metric: agreement with the judges' consensus on ``--n`` held-out judged triplets (64-px windows of
+the held-out photos, shown to each metric at its native size as ``evaluate_judged`` does; a metric that
+is itself a judge is scored leave-one-out), the certified share at 36/72/108 /255 (certified metrics),
+and APGD-CE l2 on the reference (``--steps`` iterations, the first ``--n-attack`` triplets) at each
+``--eps``. Each finished metric is saved in ``OUT/<metric>.json`` and reused, so an interrupted run
+resumes. Writes ``OUT/card.md`` (table) and ``OUT/card.png`` (certified share and attacked score vs ε).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("ROBUSTSIM_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DEFAULT_METRICS = "lipsim-default,lipsim-effnet,lpips-alex,dists"
+CERT_EPS = (36 / 255, 72 / 255, 108 / 255, 0.5, 1.0)
+
+
+def evaluate_one(name: str, pool, args) -> dict:
+    from robustsim import load
+    from robustsim.evaluate.judged import evaluate_judged
+    from robustsim.evaluate.twoafc import AttackSpec
+
+    metric = load(name)
+    metric.name = Path(name).stem if name.endswith(".safetensors") else name
+    spec = AttackSpec("apgd-ce", "l2", args.eps, "ref", args.steps, 1, args.seed)
+    t0 = time.perf_counter()
+    r = evaluate_judged(metric, pool, args.n, name=metric.name, attacks=[spec], n_attack=args.n_attack,
+                        cert_eps=CERT_EPS, batch_size=16, progress=not args.quiet)
+    att = r["attacks"][0]
+    out = {"metric": name, "n": r["n"], "size": r["size"], "leave_out": r["leave_out"],
+           "natural": r["natural"]["overall"], "n_attack": att["n"], "natural_on_subset": att["natural_on_subset"],
+           "apgd": {str(float(e)): v for e, v in att["eps"].items()}, "seconds": round(time.perf_counter() - t0, 1)}
+    cert = r.get("certified") or {}
+    out["certified"] = {k: v["overall"] for k, v in cert.get("at", {}).items()}
+    return out
+
+
+def table(rows, eps, cert_keys) -> str:
+    head = (["metric", "natural", "natural (attacked subset)"] + [f"APGD ε={e:g}" for e in eps]
+            + [f"certified {k}" for k in cert_keys])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+    for r in rows:
+        cells = [r["metric"], f"{100 * r['natural']:.1f}%", f"{100 * r['natural_on_subset']:.1f}%"]
+        cells += [f"{100 * r['apgd'][str(float(e))]:.1f}%" for e in eps]
+        cells += [f"{100 * r['certified'][k]:.1f}%" if k in r["certified"] else "—" for k in cert_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, r in enumerate(rows):
+        colour = f"C{i}"
+        xs = [0.0] + [float(e) for e in r["apgd"]]
+        ys = [100 * r["natural_on_subset"]] + [100 * v for v in r["apgd"].values()]
+        ax.plot(xs, ys, "o--", color=colour, ms=4, label=f"{r['metric']}: APGD-CE")
+        if r["certified"]:
+            ce = sorted((float(k.split("/")[0]) / 255 if k.endswith("/255") else float(k), v)
+                        for k, v in r["certified"].items())
+            ax.plot([0.0] + [e for e, _ in ce], [100 * r["natural"]] + [100 * v for _, v in ce], "-", color=colour,
+                    lw=2, label=f"{r['metric']}: certified")
+    ax.set_xlabel("ℓ2 budget ε on the reference ([0, 1] pixels, 128×128)")
+    ax.set_ylabel("2AFC agreement with the judges (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--metrics", default=DEFAULT_METRICS, help="comma-separated hub names or .safetensors files")
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--n-attack", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--eps", default="0.25,0.5,1,2", help="APGD-CE l2 budgets")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="docs/model_card_eval")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    args.eps = [float(e) for e in args.eps.split(",")]
+    if args.n <= 0 or args.n_attack <= 0 or args.steps <= 0 or any(e <= 0 for e in args.eps):
+        print("error: --n, --n-attack, --steps and every --eps must be positive", file=sys.stderr)
+        return 2
+    from robustsim.data.judged import JudgedPool
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = JudgedPool(size=64, split="heldout", seed=args.seed, per_window=2, progress=not args.quiet)
+    ident = {"n": args.n, "n_attack": args.n_attack, "steps": args.steps, "eps": args.eps, "seed": args.seed,
+             "pool": pool.cache_key}
+    rows = []
+    for name in [m for m in args.metrics.split(",") if m]:
+        saved = out / f"{Path(name).name.replace('/', '_')}.json"
+        got = json.loads(saved.read_text()) if saved.is_file() else {}
+        if got.get("ident") != ident:
+            got = {"ident": ident, "result": evaluate_one(name, pool, args)}
+            saved.write_text(json.dumps(got, indent=1))
+        rows.append(got["result"])
+        r = got["result"]
+        print(f"{name}: natural {100 * r['natural']:.1f}%  APGD {', '.join(f'{e}: {100 * v:.0f}%' for e, v in r['apgd'].items())}"
+              f"  certified {', '.join(f'{k}: {100 * v:.1f}%' for k, v in r['certified'].items()) or '—'}"
+              f"  ({r['seconds']} s)", flush=True)
+    cert_keys = sorted({k for r in rows for k in r["certified"]},
+                       key=lambda k: float(k.split("/")[0]) / 255 if k.endswith("/255") else float(k))
+    md = (f"Held-out judged suite (labels = consensus of the human-calibrated judges, not people), n = {args.n}; "
+          f"APGD-CE l2 on the reference, {args.steps} iterations, first {args.n_attack} triplets.\n\n"
+          + table(rows, args.eps, cert_keys) + "\n\n`python scripts/model_card_eval.py " + " ".join(sys.argv[1:]) + "`\n")
+    (out / "card.md").write_text(md)
+    plot(rows, out / "card.png")
+    print(f"wrote {out / 'card.md'} and {out / 'card.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

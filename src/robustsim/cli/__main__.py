@@ -1,0 +1,6 @@
+"""``python -m robustsim.cli``: the same as the ``robustsim`` command."""
+import sys
+
+from . import main
+
+sys.exit(main())
