@@ -50,6 +50,9 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "linf-x0-x1": {"attack.enabled": True, "attack.target": "x0+x1", "attack.norm": "linf", "attack.eps": TRAIN_LINF_PAPER * PAPER_TO_OURS},
     "linf-ref": {"attack.enabled": True, "attack.target": "ref", "attack.norm": "linf", "attack.eps": TRAIN_LINF_PAPER * PAPER_TO_OURS},
     "l2-x0": {"attack.enabled": True, "attack.target": "x0", "attack.norm": "l2", "attack.eps": TRAIN_L2_PAPER * PAPER_TO_OURS},
+    # the released latest_net_linf_x0_tune.pth: the AlexNet trunk trained too (not a heads-only variant)
+    "linf-x0-tune": {"attack.enabled": True, "attack.target": "x0", "attack.norm": "linf",
+                     "attack.eps": TRAIN_LINF_PAPER * PAPER_TO_OURS, "model.tune_trunk": True},
 }
 BASELINE = "lpips-alex"
 LEAVE_OUT = "lpips-alex"
@@ -85,7 +88,14 @@ def _variant_list(s: str) -> List[str]:
 # --------------------------------------------------------------------------- training
 
 
-def variant_config(args, variant: str, out_root: Path):
+def training_order(variants: Sequence[str], sets: Sequence[str]) -> List[str]:
+    """Natural first (added if missing) when adversarial variants start from its ranking head."""
+    if any(v != "natural" for v in variants) and not any(k.startswith("model.head_weights=") for k in sets or []):
+        return ["natural"] + [v for v in variants if v != "natural"]
+    return list(variants)
+
+
+def variant_config(args, variant: str, out_root: Path, check_paths: bool = True):
     """The RecipeConfig of one variant: the YAML, then --set, then the shared sizes, then the variant."""
     from robustsim.train.config import load_config
 
@@ -94,9 +104,13 @@ def variant_config(args, variant: str, out_root: Path):
               "data.options.n": args.n_train, "seed": args.seed}
     ov.update({k: v for k, v in shared.items() if v is not None})
     ov.update(VARIANTS[variant])
+    if variant != "natural" and "model.head_weights" not in ov:
+        # a random ranking head collapses to p = 0.5 under attack (measured: runs/rlpips_small2); every adversarial
+        # variant starts from the natural run's head, the lin heads from the same released weights as natural
+        ov["model.head_weights"] = str(out_root / "train" / "natural" / "rank_head.pth")
     ov["out_dir"] = str(out_root / "train" / variant)
     ov["train.tensorboard"] = False
-    return load_config(args.config, ov)
+    return load_config(args.config, ov, check_paths=check_paths)
 
 
 def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
@@ -393,7 +407,7 @@ def cmd_run(args) -> int:
     torch.set_num_threads(args.threads) if args.threads else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    variants = _variant_list(args.variants)
+    variants = training_order(_variant_list(args.variants), args.set)
     progress = not args.quiet
     records = train_variants(args, out, variants)
     logs = {v: read_log(out / "train" / v) for v in variants}

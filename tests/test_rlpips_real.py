@@ -107,6 +107,39 @@ def test_real_config_selects_variants_and_refuses_bad_bounds():
         load_config(CONFIG, {"attack.steps": 0}, check_paths=False)
 
 
+def test_ranking_head_starts_from_a_saved_head_and_refuses_one_that_does_not_fit(tmp_path):
+    from robustsim.metrics.lpips import Dist2Logit
+    from robustsim.train.config import load_config
+    from robustsim.train.rlpips import RLPIPSRecipe
+
+    torch.manual_seed(3)
+    saved = Dist2Logit()
+    torch.save(saved.state_dict(), tmp_path / "rank_head.pth")
+    cfg = load_config(CONFIG, {"model.head_weights": str(tmp_path / "rank_head.pth")}, check_paths=False)
+    module = RLPIPSRecipe(cfg).build(torch.device("cpu"))
+    d0, d1 = torch.rand(5), torch.rand(5)
+    assert torch.equal(module.head(d0, d1), saved(d0, d1))
+    torch.save(Dist2Logit(chn_mid=8).state_dict(), tmp_path / "narrow.pth")
+    with pytest.raises(InputError, match="narrow.pth: does not fit the ranking head"):
+        RLPIPSRecipe(load_config(CONFIG, {"model.head_weights": str(tmp_path / "narrow.pth")}, check_paths=False)).build(
+            torch.device("cpu"))
+    with pytest.raises(InputError, match="model.head_weights=.*missing.pth"):
+        load_config(CONFIG, {"model.head_weights": str(tmp_path / "missing.pth")})
+
+
+def test_adversarial_variants_start_from_the_natural_runs_head_which_trains_first(tmp_path):
+    mod = _script("rlpips_experiment")
+    args = mod.build_parser().parse_args(["run", "--out", str(tmp_path)])
+    assert mod.variant_config(args, "natural", tmp_path, check_paths=False).model.head_weights is None
+    for v in ("linf-x0", "l2-x0"):
+        cfg = mod.variant_config(args, v, tmp_path, check_paths=False)
+        assert cfg.model.head_weights == str(tmp_path / "train" / "natural" / "rank_head.pth")
+    mine = mod.build_parser().parse_args(["run", "--out", str(tmp_path), "--set", "model.head_weights=/some/head.pth"])
+    assert mod.variant_config(mine, "linf-x0", tmp_path, check_paths=False).model.head_weights == "/some/head.pth"
+    assert mod.training_order(["linf-x0", "l2-x0"], []) == ["natural", "linf-x0", "l2-x0"]
+    assert mod.training_order(["linf-x0"], ["model.head_weights=/some/head.pth"]) == ["linf-x0"]
+
+
 # --------------------------------------------------------------------------- bad labels
 
 
@@ -288,7 +321,7 @@ def test_rlpips_experiment_tiny_run_resume_table_and_adversarial_effect(tmp_path
     data = _train_file(tmp_path, n=32)
     monkeypatch.setattr(mod, "eval_suite", lambda n: _heldout_suite(tmp_path, n))
     out = tmp_path / "exp"
-    argv = ["run", "--out", str(out), "--variants", "natural,linf-x0", "--steps", "30", "--batch", "8",
+    argv = ["run", "--out", str(out), "--variants", "linf-x0,natural", "--steps", "30", "--batch", "8",
             "--attack-steps", "2", "--set", "data.kind=tensors", "--set", f"data.root={data}",
             "--set", "optim.lr=0.01", "--set", "train.log_every=1", "--set", "data.options={}",
             "--eval-n", "6", "--eval-batch", "6", "--eval-steps", "2", "--apgd-steps", "2", "--linf", "2/255,8/255",
@@ -312,6 +345,9 @@ def test_rlpips_experiment_tiny_run_resume_table_and_adversarial_effect(tmp_path
     assert (out / "rlpips_training.png").stat().st_size > 1000
     rec = res["training"]
     assert rec["natural"]["steps"] == rec["linf-x0"]["steps"] == 30 and rec["linf-x0"]["seconds"] > 0
+    import yaml
+    saved_cfg = yaml.safe_load((out / "train" / "linf-x0" / "config.yaml").read_text())
+    assert saved_cfg["model"]["head_weights"] == str(out / "train" / "natural" / "rank_head.pth")
     log = (out / "train" / "linf-x0" / "log.csv").read_text().splitlines()
     assert log[0].startswith("step,loss") and len(log) == 31
     # the trained model does not carry the judge's name (which would drop that judge's vote from its labels)

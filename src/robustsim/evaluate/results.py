@@ -317,6 +317,8 @@ def write_results(results, pairs, ordering, meta, out_dir: PathLike, stem: str =
           f"Attacks on the first {plan['n_attack']} triplets: APGD-CE ℓ2 (reference perturbed, {plan['l2_steps']} steps; "
           f"the papers use 100) and PGD ℓ∞ ({plan['linf_steps']} steps) perturbing the reference and, R-LPIPS' threat "
           "model, x0. Certified: sound radius of `robustsim.certify.two_afc`, reference perturbed (certified metrics only).",
+          "Also on this suite: R-LPIPS trained on the real AlexNet, its paper's Table 1 and the perceptual attacks "
+          "bounded in real metrics: [RLPIPS.md](RLPIPS.md).",
           "## Judged 2AFC score (%): natural, attacked, certified", headline_table(results)]
     if plot:
         md.append(f"![judged 2AFC score vs attack budget]({plot.name})")

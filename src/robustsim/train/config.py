@@ -107,6 +107,7 @@ class ModelSection:
     arch: Dict[str, Any] = field(default_factory=dict)
     tune_trunk: bool = False  # R-LPIPS: also train the feature trunk
     init_lin: str = "pretrained"  # R-LPIPS: "pretrained" lin heads (as the paper) or "random"
+    head_weights: Optional[str] = None  # R-LPIPS: a saved Dist2Logit state dict (rank_head.pth) to start from
 
 
 @dataclass
@@ -368,7 +369,7 @@ def check_data_paths(cfg: RecipeConfig) -> None:
                     raise InputError(f"{name}: no photos (set builtin, folders or an existing optional folder)")
     if cfg.teacher.embeddings and cfg.recipe == "distill" and not Path(cfg.teacher.embeddings).expanduser().is_dir():
         missing.append(f"teacher.embeddings={cfg.teacher.embeddings}")
-    for key in ("weights", "trunk_weights"):
+    for key in ("weights", "trunk_weights", "head_weights"):
         p = getattr(cfg.model, key)
         if p and not Path(p).expanduser().is_file():
             missing.append(f"model.{key}={p}")

@@ -66,6 +66,23 @@ class RankingObjective:
         return ranking_bce(self.model.head(d0, d1), self.judge[idx]), None
 
 
+def load_head(head: nn.Module, path: str) -> None:
+    """Start the Dist2Logit head from a saved ``rank_head.pth`` (weights only), with a clear error on a mismatch.
+
+    Why: under attack from the first step a random head learns p = 0.5 for every triplet (the adversarial
+    BCE's easy minimum), after which the lin heads get no gradient; starting from a head that already maps
+    (d0, d1) to preferences keeps the loss informative.
+    """
+    state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: not a Dist2Logit state dict")
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise InputError(f"{path}: does not fit the ranking head (model.arch.head_channels?): {first}") from None
+
+
 def ranking_bce(p: torch.Tensor, judge: torch.Tensor) -> torch.Tensor:
     """Per-triplet BCE of the head's P(x1 preferred) against j, in float32 (safe under autocast)."""
     p = p.float().reshape(-1).clamp(1e-7, 1 - 1e-7)
@@ -119,7 +136,10 @@ class RLPIPSRecipe(Recipe):
         for lin in metric.lins:
             lin.weight.requires_grad_(True)
         metric.clamp_lin_()
-        return RankedLPIPS(metric, Dist2Logit(chn_mid=chn_mid), bool(m.tune_trunk))
+        head = Dist2Logit(chn_mid=chn_mid)
+        if m.head_weights:
+            load_head(head, m.head_weights)
+        return RankedLPIPS(metric, head, bool(m.tune_trunk))
 
     def prepare(self, module: nn.Module, batch, ctx: StepContext):
         a = self.cfg.attack
