@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("ROBUSTSIM_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DEFAULT_METRICS = "lipsim-default,lipsim-effnet,lpips-alex,dists"
+DEFAULT_METRICS = "lipsim-default,lpips-alex,dists"
 CERT_EPS = (36 / 255, 72 / 255, 108 / 255, 0.5, 1.0)
 
 

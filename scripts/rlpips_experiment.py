@@ -348,15 +348,17 @@ def markdown(result: Dict[str, Any]) -> str:
     tr = result.get("training") or {}
     if tr:
         lines += ["", "**Training** (same data, steps, batch and seed for every variant)", "",
-                  "| variant | attack | steps × batch | wall time | samples/s | final loss | train 2AFC (last 10%) | "
-                  "own BCE clean | own BCE under PGD x0 ℓ∞ 8/255 |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| variant | attack | steps × batch | training loop | wall time (set-up incl.) | samples/s | final loss | "
+                  "train 2AFC (last 10%) | own BCE clean | own BCE under PGD x0 ℓ∞ 8/255 |", "|---|---|---|---|---|---|---|---|---|---|"]
         atl = result.get("attacked_train_loss") or {}
         for v, rec in tr.items():
             a = rec["attack"]
             att = "none" if not a["enabled"] else f"{a['norm']} {a['target']} ε={a['eps'] * 255:.2f}/255 ×{a['steps']}" \
                 if a["norm"] == "linf" else f"{a['norm']} {a['target']} ε={a['eps']:g} ×{a['steps']}"
             lo = atl.get(v, {})
-            lines.append(f"| {v} | {att} | {rec['steps']} × {rec['batch_size']} | {rec['seconds'] / 60:.1f} min | "
+            rate = rec.get("samples_per_second") or 0.0
+            loop = f"{rec['steps'] * rec['batch_size'] / rate / 60:.1f} min" if rate > 0 else "-"
+            lines.append(f"| {v} | {att} | {rec['steps']} × {rec['batch_size']} | {loop} | {rec['seconds'] / 60:.1f} min | "
                          f"{rec.get('samples_per_second', 0):.1f} | {rec.get('final_loss', float('nan')):.4f} | "
                          f"{_pct(rec.get('train_2afc_end'))} | "
                          f"{lo.get('clean', float('nan')):.4f} | {lo.get('attacked', float('nan')):.4f} |")
@@ -475,13 +477,13 @@ def cmd_ship(args) -> int:
     metric = robustsim.load(str(model))
     name = args.variant.replace("+", "-")
     dest = Path(args.assets) / f"rlpips_alex_{name.replace('-', '_')}.safetensors"
-    sha = save_rlpips_heads(metric, dest)
     ref = robustsim.load("lpips-alex")
     trunk_same = all(torch.equal(a, b) for (k, a), (_, b) in zip(sorted(metric.net.state_dict().items()),
                                                                   sorted(ref.net.state_dict().items())))
-    if not trunk_same:
+    if not trunk_same:  # checked before writing: a refused model leaves no asset behind
         raise InputError(f"{model} has another trunk than lpips-alex's ImageNet AlexNet (tune_trunk?); "
                          f"rlpips-alex-* ships heads only")
+    sha = save_rlpips_heads(metric, dest)
     print(f"wrote {dest} ({dest.stat().st_size} bytes)\nadd to SHIPPED_RLPIPS in src/robustsim/metrics/lpips.py:\n"
           f'    "{name}": ("{dest.name}", "{sha}", "{args.description or name}"),')
     return 0

@@ -5,7 +5,7 @@ the same shape whatever E is. So a model distilled toward a 1280-d teacher can s
 toward a 2048-d teacher with all its layers, only the kept coordinates change (lipsim-default v2 starts
 from the effnet-distilled model this way; docs/MODELS.md).
 
-    python scripts/widen_student.py lipsim-effnet runs/v2_init/model.safetensors --embed-dim 2048
+    python scripts/widen_student.py runs/effnet_distill/model.safetensors runs/v2_init/model.safetensors --embed-dim 2048
 """
 from __future__ import annotations
 

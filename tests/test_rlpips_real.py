@@ -19,6 +19,7 @@ import robustsim
 from robustsim import hub
 from robustsim.data import judged as J
 from robustsim.errors import InputError, WeightsError
+from robustsim.metrics.lpips import SHIPPED_RLPIPS
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "rlpips_real.yaml"
@@ -313,6 +314,19 @@ def test_shipped_heads_register_over_the_real_trunk_with_a_pinned_sha(tmp_path, 
         build_rlpips_alex(rlpips_alex_spec("t2", "none.safetensors", "0" * 64), weights=str(bad))
 
 
+def test_ship_refuses_a_tuned_trunk_and_writes_nothing(tmp_path, capsys):
+    """rlpips-alex-* entries pair shipped heads with the released trunk: a trunk-tuned run cannot ship as one."""
+    mod = _script("rlpips_experiment")
+    tuned = robustsim.load("lpips-alex")
+    with torch.no_grad():
+        tuned.net.features[0].weight.mul_(1.01)
+    hub.save(tuned, tmp_path / "run" / "model.safetensors")
+    assets = tmp_path / "assets"
+    assert mod.main(["ship", str(tmp_path / "run"), "--variant", "tuned", "--assets", str(assets)]) == 2
+    assert "ships heads only" in capsys.readouterr().err
+    assert not assets.exists() or not any(assets.iterdir())
+
+
 # --------------------------------------------------------------------------- the experiment scripts, tiny
 
 
@@ -420,3 +434,22 @@ def test_bound_for_fifty_percent_interpolates_and_flags_the_grid_edges():
     assert r["relation"] == "=" and r["value"] == pytest.approx(10 ** -1.5)
     assert mod.bound_for({0.01: 0.6, 0.1: 0.9}) == {"value": 0.01, "relation": "<="}
     assert mod.bound_for({0.01: 0.1, 0.1: 0.3}) == {"value": 0.1, "relation": ">"}
+
+
+@pytest.mark.parametrize("variant", sorted(SHIPPED_RLPIPS))
+def test_each_shipped_rlpips_loads_offline_over_the_real_trunk_and_ranks_noise(variant, photo, monkeypatch):
+    """The packaged heads: pinned bytes, lpips-alex's trunk unchanged, non-negative heads, a sane metric."""
+    monkeypatch.setenv("ROBUSTSIM_OFFLINE", "1")
+    fname, sha, _ = SHIPPED_RLPIPS[variant]
+    asset = Path(robustsim.__file__).parent / "assets" / fname
+    assert hashlib.sha256(asset.read_bytes()).hexdigest() == sha and asset.stat().st_size < 16 * 1024
+    m, base = robustsim.load(f"rlpips-alex-{variant}"), robustsim.load("lpips-alex")
+    for a, b in zip(m.net.state_dict().values(), base.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert all(float(lin.weight.min()) >= 0 for lin in m.lins)
+    assert any(not torch.equal(a.weight, b.weight) for a, b in zip(m.lins, base.lins))  # trained, not the released heads
+    x = photo("coffee", 64)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(x.shape, generator=g)
+    d = [float(m(x, (x + s * noise).clamp(0, 1))) for s in (0.02, 0.05, 0.1)]
+    assert d[0] < d[1] < d[2] and float(m(x, x)) == pytest.approx(0.0, abs=1e-6)

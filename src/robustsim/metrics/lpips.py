@@ -554,7 +554,12 @@ def build_rlpips(spec: hub.ModelSpec, weights: Optional[str] = None, trunk_weigh
 #: ``src/robustsim/assets/``): variant -> (file name, sha256 of the file, description). Each entry registers
 #: ``rlpips-alex-<variant>``. To ship one: ``python scripts/rlpips_experiment.py ship RUN_DIR --variant V``
 #: writes the heads file and prints the entry to paste here; retraining changes the sha256 (update both).
-SHIPPED_RLPIPS: Dict[str, Tuple[str, str, str]] = {}
+SHIPPED_RLPIPS: Dict[str, Tuple[str, str, str]] = {
+    # docs/RLPIPS.md: the most robust heads-only variant of the 2026-12-03 run (within noise of the others)
+    "linf-x0-x1": ("rlpips_alex_linf_x0_x1.safetensors",
+                   "029819954d28befb2b8c8a9c5ffe9f814b7a6aad86453a4f69130ee021c4329f",
+                   "l-inf 8/255 (paper units) on x0 and x1, heads only, 600 steps on 4000 judge-labelled training triplets"),
+}
 
 
 def rlpips_alex_spec(variant: str, filename: str, sha256: str, description: str = "") -> hub.ModelSpec:
