@@ -15,22 +15,16 @@ This times, on the shapes of the shipped SLL stack's convolutions, batch 3 (one 
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Callable, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from timing import median_of
 
 
 def timed(fn: Callable[[], torch.Tensor], repeats: int) -> float:
     """Median milliseconds of ``repeats`` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * sorted(times)[len(times) // 2]
+    return 1e3 * median_of(fn, repeats)
 
 
 def conv_im2col_nhwc(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -15,22 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
-
-
-def _time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from timing import median_of
 
 
 def bench_distill(batch: int, repeats: int) -> dict:
@@ -60,8 +48,8 @@ def bench_distill(batch: int, repeats: int) -> dict:
             t = teacher.features(views.flatten(0, 1)).view(batch, 2, -1)
         step(t)
 
-    t_cache = _time(with_cache, repeats)
-    t_teacher = _time(with_teacher, max(1, repeats // 2))
+    t_cache = median_of(with_cache, repeats)
+    t_teacher = median_of(with_teacher, max(1, repeats // 2))
     return {"batch": batch, "crops_per_s_cached": batch / t_cache, "images_per_s_cached": 2 * batch / t_cache,
             "crops_per_s_teacher_in_loop": batch / t_teacher, "speedup": t_teacher / t_cache,
             "params_M": sum(p.numel() for p in student.parameters()) / 1e6}
@@ -101,8 +89,8 @@ def bench_rlpips(batch: int, repeats: int, pgd_steps: int) -> dict:
         state["step"] += 1
         natural(recipe.prepare(model, (ref, x0, x1, judge), StepContext(state["step"], 0, Dist())))
 
-    t_nat = _time(natural, repeats)
-    t_adv = _time(adversarial, repeats)
+    t_nat = median_of(natural, repeats)
+    t_adv = median_of(adversarial, repeats)
     out = {"batch": batch, "pgd_steps": pgd_steps, "natural_per_s": batch / t_nat, "adversarial_per_s": batch / t_adv,
            "adv_cost_x": t_adv / t_nat}
     try:  # the reference network (lpips package) on the same weights, natural step
@@ -123,7 +111,7 @@ def bench_rlpips(batch: int, repeats: int, pgd_steps: int) -> dict:
             loss.backward()
             ropt.step()
 
-        t_ref = _time(ref_step, repeats)
+        t_ref = median_of(ref_step, repeats)
         out["reference_natural_per_s"] = batch / t_ref
         out["natural_speedup_vs_reference"] = t_ref / t_nat
     except Exception as e:  # pragma: no cover - reference unavailable

@@ -34,3 +34,15 @@ def best_of(fn: Callable[[], object], repeats: int, clock: Callable[[], float] =
         fn()
         times.append(clock() - t)
     return min(times)
+
+
+def median_of(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

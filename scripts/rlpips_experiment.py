@@ -105,7 +105,7 @@ def variant_config(args, variant: str, out_root: Path, check_paths: bool = True)
     ov.update({k: v for k, v in shared.items() if v is not None})
     ov.update(VARIANTS[variant])
     if variant != "natural" and "model.head_weights" not in ov:
-        # a random ranking head collapses to p = 0.5 under attack (measured: runs/rlpips_small2); every adversarial
+        # a random ranking head collapses to p = 0.5 under attack (docs/TRAINING.md, R-LPIPS experiment); every adversarial
         # variant starts from the natural run's head, the lin heads from the same released weights as natural
         ov["model.head_weights"] = str(out_root / "train" / "natural" / "rank_head.pth")
     ov["out_dir"] = str(out_root / "train" / variant)
@@ -359,7 +359,7 @@ def markdown(result: Dict[str, Any]) -> str:
             rate = rec.get("samples_per_second") or 0.0
             loop = f"{rec['steps'] * rec['batch_size'] / rate / 60:.1f} min" if rate > 0 else "-"
             lines.append(f"| {v} | {att} | {rec['steps']} × {rec['batch_size']} | {loop} | {rec['seconds'] / 60:.1f} min | "
-                         f"{rec.get('samples_per_second', 0):.1f} | {rec.get('final_loss', float('nan')):.4f} | "
+                         f"{rate:.1f} | {rec.get('final_loss', float('nan')):.4f} | "
                          f"{_pct(rec.get('train_2afc_end'))} | "
                          f"{lo.get('clean', float('nan')):.4f} | {lo.get('attacked', float('nan')):.4f} |")
     if result.get("command"):

@@ -70,17 +70,16 @@ def load_head(head: nn.Module, path: str) -> None:
     """Start the Dist2Logit head from a saved ``rank_head.pth`` (weights only), with a clear error on a mismatch.
 
     Why: under attack from the first step a random head learns p = 0.5 for every triplet (the adversarial
-    BCE's easy minimum), after which the lin heads get no gradient; starting from a head that already maps
-    (d0, d1) to preferences keeps the loss informative.
+    BCE's easy minimum), after which the lin heads get little gradient; starting from a head that already
+    maps (d0, d1) to preferences delays that collapse (it does not prevent it: docs/RLPIPS.md).
     """
-    state = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: not a Dist2Logit state dict")
+    from .. import hub
+    from ..errors import WeightsError
+
     try:
-        head.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise InputError(f"{path}: does not fit the ranking head (model.arch.head_channels?): {first}") from None
+        hub.strict_load(head, hub.load_state_dict(Path(path).expanduser()), "the saved head")
+    except WeightsError as e:
+        raise InputError(f"{path}: does not fit the ranking head (model.arch.head_channels?): {e}") from None
 
 
 def ranking_bce(p: torch.Tensor, judge: torch.Tensor) -> torch.Tensor:
