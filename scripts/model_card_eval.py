@@ -5,11 +5,15 @@
     python scripts/model_card_eval.py --metrics lipsim-default --n 60 --n-attack 8 --steps 5 --out /tmp/c
 
 Per metric: agreement with the judges' consensus on ``--n`` held-out judged triplets (64-px windows of
-the held-out photos, shown to each metric at its native size as ``evaluate_judged`` does; a metric that
-is itself a judge is scored leave-one-out), the certified share at 36/72/108 /255 (certified metrics),
+the held-out photos, upsampled as ``evaluate_judged`` does; a metric that is itself a judge is scored leave-one-out), the certified share at 36/72/108 /255 (certified metrics),
 and APGD-CE l2 on the reference (``--steps`` iterations, the first ``--n-attack`` triplets) at each
-``--eps``. Each finished metric is saved in ``OUT/<metric>.json`` and reused, so an interrupted run
-resumes. Writes ``OUT/card.md`` (table) and ``OUT/card.png`` (certified share and attacked score vs ε).
+``--eps``. It also bounds what *any* metric can keep under that attack: an attacker who may move the
+reference by ε can replace it by the far image whenever ||x_far - ref|| <= ε, after which every metric
+with d(x, x) < d(x, y) prefers the far one; the share of attacked triplets with ||x_far - ref|| > ε is the
+ceiling (row "upper bound, any metric", dotted in the plot). Every metric sees the triplets at ``--size``
+(128: the issue's protocol; a 128-px metric's native size), so one ε is one threat for all of them.
+Each finished metric is saved in ``OUT/<metric>.json`` and reused, so an interrupted run resumes.
+Writes ``OUT/card.md`` (table) and ``OUT/card.png`` (certified share and attacked score vs ε).
 """
 import argparse
 import json
@@ -21,8 +25,18 @@ from pathlib import Path
 os.environ.setdefault("ROBUSTSIM_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from robustsim.evaluate.twoafc import budget_value  # noqa: E402 (after the offline switches)
+
 DEFAULT_METRICS = "lipsim-default,lpips-alex,dists"
 CERT_EPS = (36 / 255, 72 / 255, 108 / 255, 0.5, 1.0)
+
+
+def display_name(name: str) -> str:
+    """A hub name as is; a weights file by its stem, or by its run folder for a recipe's ``model.safetensors``."""
+    if not name.endswith(".safetensors"):
+        return name
+    p = Path(name)
+    return p.parent.name if p.stem == "model" and p.parent.name else p.stem
 
 
 def evaluate_one(name: str, pool, args) -> dict:
@@ -31,13 +45,13 @@ def evaluate_one(name: str, pool, args) -> dict:
     from robustsim.evaluate.twoafc import AttackSpec
 
     metric = load(name)
-    metric.name = Path(name).stem if name.endswith(".safetensors") else name
+    metric.name = display_name(name)
     spec = AttackSpec("apgd-ce", "l2", args.eps, "ref", args.steps, 1, args.seed)
     t0 = time.perf_counter()
     r = evaluate_judged(metric, pool, args.n, name=metric.name, attacks=[spec], n_attack=args.n_attack,
-                        cert_eps=CERT_EPS, batch_size=16, progress=not args.quiet)
+                        cert_eps=CERT_EPS, batch_size=16, progress=not args.quiet, size=args.size)
     att = r["attacks"][0]
-    out = {"metric": name, "n": r["n"], "size": r["size"], "leave_out": r["leave_out"],
+    out = {"metric": metric.name, "source": name, "n": r["n"], "size": r["size"], "leave_out": r["leave_out"],
            "natural": r["natural"]["overall"], "n_attack": att["n"], "natural_on_subset": att["natural_on_subset"],
            "apgd": {str(float(e)): v for e, v in att["eps"].items()}, "seconds": round(time.perf_counter() - t0, 1)}
     cert = r.get("certified") or {}
@@ -45,40 +59,78 @@ def evaluate_one(name: str, pool, args) -> dict:
     return out
 
 
+def attack_ceiling(pool, args, side: int = 128) -> dict:
+    """The share of the attacked triplets no metric can lose at each ε: ||x_far - ref|| > ε at ``side`` px.
+
+    Labels: the five-judge consensus (the suite of a non-judge metric such as lipsim-default)."""
+    from robustsim.evaluate.judged import _resize
+
+    suite = pool.suite(args.n)
+    k = min(len(suite), args.n_attack)
+    far = []
+    for i in range(k):
+        ref, x0, x1, label, _ = suite[i]
+        x_far = x0 if label == 1 else x1
+        far.append(float((_resize(x_far, side) - _resize(ref, side)).norm()))
+    return {"metric": "upper bound, any metric", "n": len(suite), "n_attack": k, "natural": 1.0, "natural_on_subset": 1.0,
+            "apgd": {str(float(e)): sum(f > e for f in far) / k for e in args.eps}, "certified": {}, "bound": True}
+
+
 def table(rows, eps, cert_keys) -> str:
     head = (["metric", "natural", "natural (attacked subset)"] + [f"APGD ε={e:g}" for e in eps]
             + [f"certified {k}" for k in cert_keys])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
     for r in rows:
-        cells = [r["metric"], f"{100 * r['natural']:.1f}%", f"{100 * r['natural_on_subset']:.1f}%"]
+        nat = "—" if r.get("bound") else f"{100 * r['natural']:.1f}%"
+        cells = [r["metric"], nat, "—" if r.get("bound") else f"{100 * r['natural_on_subset']:.1f}%"]
         cells += [f"{100 * r['apgd'][str(float(e))]:.1f}%" for e in eps]
         cells += [f"{100 * r['certified'][k]:.1f}%" if k in r["certified"] else "—" for k in cert_keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(rows, path: Path) -> None:
+def plot(rows, path: Path, trade_eps: float = 1.0) -> None:
+    """Left: certified share and attacked score vs ε per metric. Right: the trade-off, natural agreement
+    against the score under APGD at ``trade_eps`` (up and to the right is better)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, (ax, tr) = plt.subplots(1, 2, figsize=(12.0, 4.6), gridspec_kw={"width_ratios": [1.4, 1]})
+    key = str(float(trade_eps))
     for i, r in enumerate(rows):
         colour = f"C{i}"
+        if r.get("bound"):
+            ax.plot([float(e) for e in r["apgd"]], [100 * v for v in r["apgd"].values()], ":", color="black",
+                    label="upper bound under the attack, any metric")
+            continue
         xs = [0.0] + [float(e) for e in r["apgd"]]
         ys = [100 * r["natural_on_subset"]] + [100 * v for v in r["apgd"].values()]
         ax.plot(xs, ys, "o--", color=colour, ms=4, label=f"{r['metric']}: APGD-CE")
         if r["certified"]:
-            ce = sorted((float(k.split("/")[0]) / 255 if k.endswith("/255") else float(k), v)
+            ce = sorted((budget_value(k), v)
                         for k, v in r["certified"].items())
             ax.plot([0.0] + [e for e, _ in ce], [100 * r["natural"]] + [100 * v for _, v in ce], "-", color=colour,
                     lw=2, label=f"{r['metric']}: certified")
+        if key in r["apgd"]:
+            tr.plot(100 * r["natural"], 100 * r["apgd"][key], "o" if r["certified"] else "s", color=colour, ms=7)
+            tr.annotate(r["metric"], (100 * r["natural"], 100 * r["apgd"][key]), textcoords="offset points",
+                        xytext=(5, 4), fontsize=7)
     ax.set_xlabel("ℓ2 budget ε on the reference ([0, 1] pixels, 128×128)")
     ax.set_ylabel("2AFC agreement with the judges (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    for r in rows:
+        if r.get("bound") and key in r["apgd"]:
+            tr.axhline(100 * r["apgd"][key], ls=":", color="black", lw=1)
+            tr.text(tr.get_xlim()[0], 100 * r["apgd"][key], " upper bound, any metric", va="bottom", fontsize=7)
+    tr.set_xlabel("natural agreement with the judges (%)")
+    tr.set_ylabel(f"kept under APGD-CE ℓ2 ε = {trade_eps:g} (%)")
+    tr.set_title("trade-off (circles: certified metrics)", fontsize=9)
+    tr.set_ylim(0, 100)
+    tr.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -91,12 +143,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--eps", default="0.25,0.5,1,2", help="APGD-CE l2 budgets")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=128, help="side every metric sees (attack budgets are at this size)")
     ap.add_argument("--out", default="docs/model_card_eval")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     args.eps = [float(e) for e in args.eps.split(",")]
-    if args.n <= 0 or args.n_attack <= 0 or args.steps <= 0 or any(e <= 0 for e in args.eps):
-        print("error: --n, --n-attack, --steps and every --eps must be positive", file=sys.stderr)
+    if args.n <= 0 or args.n_attack <= 0 or args.steps <= 0 or args.size <= 0 or any(e <= 0 for e in args.eps):
+        print("error: --n, --n-attack, --steps, --size and every --eps must be positive", file=sys.stderr)
         return 2
     from robustsim.data.judged import JudgedPool
 
@@ -104,10 +157,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     pool = JudgedPool(size=64, split="heldout", seed=args.seed, per_window=2, progress=not args.quiet)
     ident = {"n": args.n, "n_attack": args.n_attack, "steps": args.steps, "eps": args.eps, "seed": args.seed,
-             "pool": pool.cache_key}
+             "size": args.size, "pool": pool.cache_key}
     rows = []
     for name in [m for m in args.metrics.split(",") if m]:
-        saved = out / f"{Path(name).name.replace('/', '_')}.json"
+        saved = out / f"{display_name(name)}.json"
         got = json.loads(saved.read_text()) if saved.is_file() else {}
         if got.get("ident") != ident:
             got = {"ident": ident, "result": evaluate_one(name, pool, args)}
@@ -117,10 +170,12 @@ def main() -> int:
         print(f"{name}: natural {100 * r['natural']:.1f}%  APGD {', '.join(f'{e}: {100 * v:.0f}%' for e, v in r['apgd'].items())}"
               f"  certified {', '.join(f'{k}: {100 * v:.1f}%' for k, v in r['certified'].items()) or '—'}"
               f"  ({r['seconds']} s)", flush=True)
+    rows.append(attack_ceiling(pool, args, args.size))
     cert_keys = sorted({k for r in rows for k in r["certified"]},
-                       key=lambda k: float(k.split("/")[0]) / 255 if k.endswith("/255") else float(k))
+                       key=budget_value)
     md = (f"Held-out judged suite (labels = consensus of the human-calibrated judges, not people), n = {args.n}; "
-          f"APGD-CE l2 on the reference, {args.steps} iterations, first {args.n_attack} triplets.\n\n"
+          f"APGD-CE l2 on the reference, {args.steps} iterations, first {args.n_attack} triplets, "
+          f"every metric at {args.size}×{args.size}.\n\n"
           + table(rows, args.eps, cert_keys) + "\n\n`python scripts/model_card_eval.py " + " ".join(sys.argv[1:]) + "`\n")
     (out / "card.md").write_text(md)
     plot(rows, out / "card.png")

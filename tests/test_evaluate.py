@@ -281,3 +281,16 @@ def test_cli_eval_bapps_certified_resumable(tmp_path, capsys):
     assert "unknown BAPPS 2AFC split" in capsys.readouterr().err
     assert main(["eval", "--metric", str(model), "--dataset", "nights"]) == 2
     assert "needs --root" in capsys.readouterr().err
+
+
+def test_certified_budgets_are_keyed_by_what_was_evaluated():
+    """36/255 stays "36/255"; 0.5 is "0.5", not "128/255" (127.5/255 rounded: a budget nobody evaluated);
+    keys parse back to the budget and the summary scores each at its own ε."""
+    from robustsim.evaluate.twoafc import budget_key, budget_value, certified_summary
+
+    assert [budget_key(e) for e in (36 / 255, 108 / 255, 0.5, 1.0, 0.25)] == ["36/255", "108/255", "0.5", "255/255", "0.25"]
+    for e in (36 / 255, 0.5, 1.0, 0.3):
+        assert budget_value(budget_key(e)) == pytest.approx(e, rel=1e-9)
+    radius = torch.tensor([0.49, 0.501, 0.51, 2.0], dtype=torch.float64)
+    out = certified_summary(torch.ones(4, dtype=torch.float64), radius, ["a"] * 4, at=(0.5, 128 / 255))
+    assert out["at"]["0.5"]["overall"] == 0.75 and out["at"]["128/255"]["overall"] == 0.5

@@ -84,3 +84,26 @@ def test_cert_eps_is_validated(tmp_path):
     recipe.cfg.model.arch = {}
     with pytest.raises(InputError, match="needs a Lipschitz"):
         recipe.build(torch.device("cpu"))
+
+
+def test_agreement_weight_counts_split_votes_less(tmp_path):
+    """loss.agreement_weight: each hinge is weighted by |2j - 1|, so a tie (j = 0.5) teaches nothing and a
+    unanimous triplet counts five times a 3-of-5 one; with only unanimous labels it is the plain mean."""
+    metric = _tiny_lipsim(4)
+    ref, x0, x1 = _triplets(8, 4)
+    judge = torch.tensor([0.0, 1.0, 0.4, 0.6, 0.5, 0.8, 0.2, 1.0])
+    plain = _recipe(tmp_path, 0.5, 0.0)
+    weighted = _recipe(tmp_path, 0.5, 0.0)
+    weighted.cfg.loss.agreement_weight = True
+    with torch.no_grad():
+        per = torch.stack([plain.loss(metric, (ref[i:i + 1], x0[i:i + 1], x1[i:i + 1], judge[i:i + 1]))[0]
+                           for i in range(8)])
+        got, _ = weighted.loss(metric, (ref, x0, x1, judge))
+        unanimous = [0, 1, 7]
+        same, _ = weighted.loss(metric, (ref[unanimous], x0[unanimous], x1[unanimous], judge[unanimous]))
+        mean, _ = plain.loss(metric, (ref[unanimous], x0[unanimous], x1[unanimous], judge[unanimous]))
+    assert (per > 0).all()  # margin 0.5: every triplet is inside the hinge, so the weights matter
+    w = (2 * judge - 1).abs()
+    assert float(got) == pytest.approx(float((w * per).sum() / w.sum()), rel=1e-5)
+    assert float(got) != pytest.approx(float(per.mean()), rel=1e-3)
+    assert float(same) == pytest.approx(float(mean), rel=1e-6)

@@ -125,3 +125,17 @@ def test_random_networks_are_1_lipschitz(stem, conv_depth, conv_inner, linear_de
         y = torch.rand(1, 3, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         assert (net(x) - net(y)).norm() <= (x - y).norm() * (1 + 1e-5)
+
+
+def test_lipsim_effnet_names_the_effnet_recipe_offline():
+    """``lipsim-effnet`` pins the effnet-distilled model by name (issue 17); today it is the default's file,
+    checked by the same sha256, so both give the same distances."""
+    import robustsim
+
+    effnet, default = robustsim.load("lipsim-effnet"), robustsim.load("lipsim-default")
+    assert effnet.certified and type(effnet) is type(default)
+    a, b = effnet.state_dict(), default.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    y = (x + 0.05).clamp(0, 1)
+    assert torch.equal(effnet(x, y), default(x, y))

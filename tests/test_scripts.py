@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -63,3 +64,55 @@ def test_compare_students_table():
     table = mod.markdown(rows, args).splitlines()
     assert table[0].startswith("| student | cos to teacher |") and "APGD ε=1" in table[0]
     assert table[2] == "| a.safetensors | 0.435 | 9.83 | 44.2% | 99.8% | 37.5% / 82.5% | 41.2% / 37.2% / 34.2% |"
+
+
+class _FakePool:
+    """Triplets whose far image is a constant shift c of the reference: ||x_far - ref|| = c·sqrt(3·s²)."""
+
+    def __init__(self, shifts, labels):
+        self.items = []
+        for c, lab in zip(shifts, labels):
+            ref = torch.full((3, 64, 64), 0.25)
+            near, far = ref + 0.001, ref + c
+            x0, x1 = (far, near) if lab == 1 else (near, far)
+            self.items.append((ref, x0, x1, lab, float(lab)))
+
+    def suite(self, n):
+        return self.items[:n]
+
+
+def test_model_card_attack_ceiling_counts_far_images_beyond_eps():
+    """The bound under a reference attack: only triplets whose far image lies beyond ε can be kept by any
+    metric (the far image is picked by the label, and sizes are measured after the upsampling)."""
+    mod = _script("model_card_eval")
+    unit = (3 * 128 * 128) ** 0.5  # a shift of 1/unit has l2 norm 1 at 128 px
+    pool = _FakePool([0.5 / unit, 1.5 / unit, 3.0 / unit, 0.9 / unit], [0, 1, 0, 1])
+    args = type("A", (), {"n": 4, "n_attack": 4, "eps": [0.25, 1.0, 2.0, 4.0]})()
+    row = mod.attack_ceiling(pool, args, 128)
+    assert row["bound"] and row["n_attack"] == 4
+    assert row["apgd"] == {"0.25": 1.0, "1.0": 0.5, "2.0": 0.25, "4.0": 0.0}
+    args.n_attack = 2  # only the attacked subset counts
+    assert mod.attack_ceiling(pool, args, 128)["apgd"]["1.0"] == 0.5
+    md = mod.table([row], args.eps, [])
+    assert "| upper bound, any metric | — | — | 100.0% | 50.0% | 25.0% | 0.0% |" in md
+
+
+def test_model_card_display_names_keep_runs_apart():
+    mod = _script("model_card_eval")
+    assert mod.display_name("lpips-alex") == "lpips-alex"
+    assert mod.display_name("runs/v4_judged_all/model.safetensors") == "v4_judged_all"
+    assert mod.display_name("runs/v4_plain_hinge/model.safetensors") == "v4_plain_hinge"
+    assert mod.display_name("weights/lipsim_effnet.safetensors") == "lipsim_effnet"
+
+
+def test_model_card_plot_draws_both_panels(tmp_path):
+    mod = _script("model_card_eval")
+    row = lambda name, nat, att, cert: {"metric": name, "natural": nat, "natural_on_subset": nat,  # noqa: E731
+                                        "apgd": {"0.5": att[0], "1.0": att[1]}, "certified": cert}
+    rows = [row("lipsim-x", 0.85, [0.6, 0.4], {"36/255": 0.7, "72/255": 0.5}), row("lpips-alex", 0.91, [0.5, 0.2], {}),
+            {"metric": "upper bound, any metric", "natural": 1.0, "natural_on_subset": 1.0,
+             "apgd": {"0.5": 0.98, "1.0": 0.96}, "certified": {}, "bound": True}]
+    png = tmp_path / "card.png"
+    mod.plot(rows, png)
+    with Image.open(png) as im:
+        assert im.size[0] > 2.2 * im.size[1]  # curves vs ε and the natural/attacked trade-off side by side

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError
 from .judged import evaluate_judged, evaluate_pairs, fmt_eps
-from .twoafc import AttackSpec
+from .twoafc import AttackSpec, budget_value
 
 PathLike = Union[str, os.PathLike]
 
@@ -210,7 +210,7 @@ def headline_table(results: Sequence[Dict[str, Any]]) -> str:
         for e in a["eps"]:
             cols.append((ti, e, f"{_threat_label(a['threat'])} {fmt_eps(float(e), a['threat']['norm'])}"))
     cert_keys = sorted({k for r in results for k in (r.get("certified") or {}).get("at", {})},
-                       key=lambda s: float(s.split("/")[0]))
+                       key=budget_value)
     head = ["Metric", "n", "Natural"] + [h for _, _, h in cols] + [f"Certified {k}" for k in cert_keys]
     rows = []
     for r in results:

@@ -173,6 +173,19 @@ def evaluate_2afc(
     return result
 
 
+def budget_key(e: float) -> str:
+    """Key of a certified budget: ``k/255`` when ε is a multiple of 1/255 (36/255), else ε itself (0.5):
+    rounding 0.5 to "128/255" would name a budget that was not evaluated."""
+    k = e * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{e:g}"
+
+
+def budget_value(key: str) -> float:
+    """ε of a :func:`budget_key` ("36/255" or "0.5")."""
+    num, _, den = key.partition("/")
+    return float(num) / float(den) if den else float(num)
+
+
 def certified_summary(scores: torch.Tensor, radius: torch.Tensor, groups: Sequence[str], at: Sequence[float],
                       paper_radius: Optional[torch.Tensor] = None, grid: int = 121) -> Dict[str, Any]:
     """Certified score vs ε (curve on a grid up to the largest radius) and at the budgets ``at``."""
@@ -183,10 +196,10 @@ def certified_summary(scores: torch.Tensor, radius: torch.Tensor, groups: Sequen
     out: Dict[str, Any] = {
         "eps": [float(e) for e in eps_grid],
         "curve": [float(v) for v in certified_curve(scores, radius, eps_grid)],
-        "at": {f"{e * 255:.0f}/255": grouped(scores * (radius > e).double(), groups) for e in at},
+        "at": {budget_key(e): grouped(scores * (radius > e).double(), groups) for e in at},
         "median_radius": float(radius.median()),
     }
     if paper_radius is not None and torch.isfinite(paper_radius).all():
         out["paper_curve"] = [float(v) for v in certified_curve(scores, paper_radius, eps_grid)]
-        out["paper_at"] = {f"{e * 255:.0f}/255": float((scores * (paper_radius > e).double()).mean()) for e in at}
+        out["paper_at"] = {budget_key(e): float((scores * (paper_radius > e).double()).mean()) for e in at}
     return out

@@ -262,15 +262,24 @@ def _spec(size: str) -> hub.ModelSpec:
 DEFAULT_ASSET = "lipsim_default.safetensors"
 DEFAULT_SHA256 = "3dcf7222e911a2995a63ee328226c8be44932a5fef330b2d1679fe5ab942a1c9"
 
-MODELS = [_spec(s) for s in OFFICIAL] + [
-    hub.ModelSpec(
-        name="lipsim-default",
+
+def _packaged_spec(name: str, description: str) -> hub.ModelSpec:
+    """A hub entry for the LipSim file inside the package (offline, sha256-pinned)."""
+    return hub.ModelSpec(
+        name=name,
         builder="robustsim.metrics.lipsim:build_default",
-        description="shipped certified LipSim (128px, distilled from EfficientNet-Lite0 on real photos; offline)",
+        description=description,
         weights={"main": hub.WeightFile(DEFAULT_ASSET, sha256=DEFAULT_SHA256, package=("robustsim", f"assets/{DEFAULT_ASSET}"),
                                         description="ships inside the robustsim package")},
         certified=True,
     )
+
+
+MODELS = [_spec(s) for s in OFFICIAL] + [
+    _packaged_spec("lipsim-default", "shipped certified LipSim (128px, distilled from EfficientNet-Lite0 on real photos; offline)"),
+    # The effnet-distilled recipe under its own name (issue 17): pinning it keeps results and scripts that
+    # mean *this* model reproducible when the default moves to another recipe; today both are one file.
+    _packaged_spec("lipsim-effnet", "certified LipSim distilled from EfficientNet-Lite0 (128px, the current lipsim-default; offline)"),
 ]
 
 
@@ -317,7 +326,7 @@ def build_official(spec: hub.ModelSpec, weights=None, trunk_weights=None, size: 
 
 
 def build_default(spec: hub.ModelSpec, weights=None, trunk_weights=None, **kwargs: Any) -> LipSim:
-    """Builder of ``lipsim-default``: the packaged model (or ``weights=PATH``, a robustsim LipSim file)."""
+    """Builder of ``lipsim-default`` / ``lipsim-effnet``: the packaged model (or ``weights=PATH``, a robustsim LipSim file)."""
     if trunk_weights is not None:
         raise InputError(f"{spec.name} has no separate trunk; pass weights=PATH only")
     if kwargs:

@@ -143,6 +143,9 @@ class LossSection:
     # > 0: certified hinge, the margin must also survive any l2 perturbation of the reference of this
     # size (certify.two_afc's radius G·M/(K·C) >= cert_eps); 0 = the papers' plain hinge
     cert_eps: float = 0.0
+    # true: weight each triplet's hinge by the judges' agreement |2j - 1| (1 for a unanimous vote, 0.2 for
+    # 3 of 5, 0 for a tie), so split votes teach the ordering without counting as much as clear ones
+    agreement_weight: bool = False
 
 
 @dataclass

@@ -17,7 +17,8 @@ the Lipschitz constant. Asking that radius to exceed ε is the same as asking M 
 
 trains the margin the certificate needs (the Lipschitz-margin idea of Tsuzuku et al. 2018 applied to
 the cosine 2AFC geometry). With ε = 0 it is the plain hinge. The judgment j (fraction preferring x1) picks
-near = x1 when j > 0.5, else x0. Any embedding metric can be fine-tuned (a LipSim saved by the
+near = x1 when j > 0.5, else x0; with ``loss.agreement_weight`` each triplet's hinge is weighted by
+|2j - 1|, so triplets the judges split on (soft labels from ``consensus_only: false``) count less. Any embedding metric can be fine-tuned (a LipSim saved by the
 distillation recipe, a hub model, or a fresh ``model.arch``); the result is saved as a robustsim
 ``.safetensors`` file.
 """
@@ -98,7 +99,12 @@ class FinetuneRecipe(Recipe):
         if cert_eps > 0:
             chord = torch.where(x1_near[:, None], e1 - e0, e0 - e1).norm(dim=1)
             need = need + cert_eps * K * chord / G.clamp_min(1e-6)
-        loss = torch.relu(need - (d_far - d_near)).mean()
+        hinge = torch.relu(need - (d_far - d_near))
+        if self.cfg.loss.agreement_weight:
+            w = (2 * judge.float() - 1).abs()
+            loss = (w * hinge).sum() / w.sum().clamp_min(1e-12)
+        else:
+            loss = hinge.mean()
         with torch.no_grad():
             acc = ((d_near < d_far).float()).mean()
             logs = {"2afc_acc": float(acc)}
