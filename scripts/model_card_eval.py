@@ -5,15 +5,16 @@
     python scripts/model_card_eval.py --metrics lipsim-default --n 60 --n-attack 8 --steps 5 --out /tmp/c
 
 Per metric: agreement with the judges' consensus on ``--n`` held-out judged triplets (64-px windows of
-the held-out photos, upsampled as ``evaluate_judged`` does; a metric that is itself a judge is scored leave-one-out), the certified share at 36/72/108 /255 (certified metrics),
-and APGD-CE l2 on the reference (``--steps`` iterations, the first ``--n-attack`` triplets) at each
-``--eps``. It also bounds what *any* metric can keep under that attack: an attacker who may move the
+the held-out photos, upsampled as ``evaluate_judged`` does; a metric that is itself a judge is scored
+leave-one-out), the certified share at 36/72/108 /255, 0.5 and 1 (certified metrics), and APGD-CE l2
+on the reference (``--steps`` iterations, the first ``--n-attack`` triplets) at each ``--eps``. It also bounds what *any* metric can keep under that attack: an attacker who may move the
 reference by ε can replace it by the far image whenever ||x_far - ref|| <= ε, after which every metric
 with d(x, x) < d(x, y) prefers the far one; the share of attacked triplets with ||x_far - ref|| > ε is the
 ceiling (row "upper bound, any metric", dotted in the plot). Every metric sees the triplets at ``--size``
 (128: the issue's protocol; a 128-px metric's native size), so one ε is one threat for all of them.
 Each finished metric is saved in ``OUT/<metric>.json`` and reused, so an interrupted run resumes.
-Writes ``OUT/card.md`` (table) and ``OUT/card.png`` (certified share and attacked score vs ε).
+Writes ``OUT/card.md`` (table) and ``OUT/card.png`` (certified share and attacked score vs ε, and natural
+agreement against the score at ε = 1).
 """
 import argparse
 import json
@@ -60,7 +61,8 @@ def evaluate_one(name: str, pool, args) -> dict:
 
 
 def attack_ceiling(pool, args, side: int = 128) -> dict:
-    """The share of the attacked triplets no metric can lose at each ε: ||x_far - ref|| > ε at ``side`` px.
+    """The most any metric can keep of the attacked triplets at each ε: the share whose far image lies
+    beyond ε of the reference (||x_far - ref|| > ε at ``side`` px); the others are lost to ref := x_far.
 
     Labels: the five-judge consensus (the suite of a non-judge metric such as lipsim-default)."""
     from robustsim.evaluate.judged import _resize
@@ -109,8 +111,7 @@ def plot(rows, path: Path, trade_eps: float = 1.0) -> None:
         ys = [100 * r["natural_on_subset"]] + [100 * v for v in r["apgd"].values()]
         ax.plot(xs, ys, "o--", color=colour, ms=4, label=f"{r['metric']}: APGD-CE")
         if r["certified"]:
-            ce = sorted((budget_value(k), v)
-                        for k, v in r["certified"].items())
+            ce = sorted((budget_value(k), v) for k, v in r["certified"].items())
             ax.plot([0.0] + [e for e, _ in ce], [100 * r["natural"]] + [100 * v for _, v in ce], "-", color=colour,
                     lw=2, label=f"{r['metric']}: certified")
         if key in r["apgd"]:

@@ -18,9 +18,9 @@ the Lipschitz constant. Asking that radius to exceed ε is the same as asking M 
 trains the margin the certificate needs (the Lipschitz-margin idea of Tsuzuku et al. 2018 applied to
 the cosine 2AFC geometry). With ε = 0 it is the plain hinge. The judgment j (fraction preferring x1) picks
 near = x1 when j > 0.5, else x0; with ``loss.agreement_weight`` each triplet's hinge is weighted by
-|2j - 1|, so triplets the judges split on (soft labels from ``consensus_only: false``) count less. Any embedding metric can be fine-tuned (a LipSim saved by the
-distillation recipe, a hub model, or a fresh ``model.arch``); the result is saved as a robustsim
-``.safetensors`` file.
+|2j - 1|, so triplets the judges split on (soft labels from ``consensus_only: false``) count less. Any
+embedding metric can be fine-tuned (a LipSim saved by the distillation recipe, a hub model, or a fresh
+``model.arch``); the result is saved as a robustsim ``.safetensors`` file.
 """
 from __future__ import annotations
 
