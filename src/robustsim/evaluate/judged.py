@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..data.suites import TripletDataset
 from ..errors import InputError
-from .twoafc import PAPER_CERT_EPS, AttackSpec, evaluate_2afc
+from .twoafc import PAPER_CERT_EPS, AttackSpec, budget_key, evaluate_2afc
 
 PathLike = Union[str, os.PathLike]
 
@@ -170,7 +170,5 @@ def evaluate_pairs(metric, pairs, name: Optional[str] = None, batch_size: int = 
 
 
 def fmt_eps(e: float, norm: str) -> str:
-    """Budget label: l-inf budgets as k/255 when they are multiples of 1/255."""
-    if norm == "linf" and abs(e * 255 - round(e * 255)) < 1e-3:  # keys are rounded to 6 digits
-        return f"{round(e * 255)}/255"
-    return f"{e:g}"
+    """Budget label: l-inf budgets as k/255 when they are multiples of 1/255 (:func:`.twoafc.budget_key`)."""
+    return budget_key(e) if norm == "linf" else f"{e:g}"

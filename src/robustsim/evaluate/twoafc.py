@@ -175,9 +175,10 @@ def evaluate_2afc(
 
 def budget_key(e: float) -> str:
     """Key of a certified budget: ``k/255`` when ε is a multiple of 1/255 (36/255), else ε itself (0.5):
-    rounding 0.5 to "128/255" would name a budget that was not evaluated."""
+    rounding 0.5 to "128/255" would name a budget that was not evaluated. The tolerance admits budgets
+    read back from keys rounded to 6 digits ("0.031373" is 8/255)."""
     k = e * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{e:g}"
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-3 else f"{e:g}"
 
 
 def budget_value(key: str) -> float:
