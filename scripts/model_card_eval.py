@@ -12,7 +12,8 @@ reference by ε can replace it by the far image whenever ||x_far - ref|| <= ε, 
 with d(x, x) < d(x, y) prefers the far one; the share of attacked triplets with ||x_far - ref|| > ε is the
 ceiling (row "upper bound, any metric", dotted in the plot). Every metric sees the triplets at ``--size``
 (128: the issue's protocol; a 128-px metric's native size), so one ε is one threat for all of them.
-Each finished metric is saved in ``OUT/<metric>.json`` and reused, so an interrupted run resumes.
+Each finished metric is saved in ``OUT/<metric>.json`` and reused while the settings (and a weights
+file's sha256) are unchanged, so an interrupted run resumes.
 Writes ``OUT/card.md`` (table) and ``OUT/card.png`` (certified share and attacked score vs ε, and natural
 agreement against the score at ε = 1).
 """
@@ -38,6 +39,16 @@ def display_name(name: str) -> str:
         return name
     p = Path(name)
     return p.parent.name if p.stem == "model" and p.parent.name else p.stem
+
+
+def result_ident(name: str, ident: dict) -> dict:
+    """What a saved result must match to be reused: the run's settings and, for a weights file, its sha256
+    (a retrained ``runs/<recipe>/model.safetensors`` keeps its name but not its result)."""
+    if not name.endswith(".safetensors"):
+        return ident
+    from robustsim.download import sha256_file
+
+    return {**ident, "weights_sha256": sha256_file(name)}
 
 
 def evaluate_one(name: str, pool, args) -> dict:
@@ -163,8 +174,9 @@ def main() -> int:
     for name in [m for m in args.metrics.split(",") if m]:
         saved = out / f"{display_name(name)}.json"
         got = json.loads(saved.read_text()) if saved.is_file() else {}
-        if got.get("ident") != ident:
-            got = {"ident": ident, "result": evaluate_one(name, pool, args)}
+        want = result_ident(name, ident)
+        if got.get("ident") != want:
+            got = {"ident": want, "result": evaluate_one(name, pool, args)}
             saved.write_text(json.dumps(got, indent=1))
         rows.append(got["result"])
         r = got["result"]

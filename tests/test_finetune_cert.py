@@ -107,3 +107,48 @@ def test_agreement_weight_counts_split_votes_less(tmp_path):
     assert float(got) == pytest.approx(float((w * per).sum() / w.sum()), rel=1e-5)
     assert float(got) != pytest.approx(float(per.mean()), rel=1e-3)
     assert float(same) == pytest.approx(float(mean), rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_radius_hinge_is_the_hinge_on_the_exact_certified_radius(tmp_path, seed):
+    """loss.radius_hinge: per triplet, max(0, ε - r) with r certify.two_afc's exact radius (float_error 0),
+    signed: a triplet the metric orders against its label has r < 0 and pays ε + |r|. The margin is unused."""
+    metric = _tiny_lipsim(seed)
+    ref, x0, x1 = _triplets(24, seed)
+    cert = certify.two_afc(metric, ref, x0, x1, float_error=0.0)
+    eps = float(cert.radius.median())
+    recipe = _recipe(tmp_path, margin=0.3, cert_eps=eps)
+    recipe.cfg.loss.radius_hinge = True
+    own = cert.closer.float()  # label = the metric's own decision: radius r >= 0
+    with torch.no_grad():
+        agree = torch.stack([recipe.loss(metric, (ref[i:i + 1], x0[i:i + 1], x1[i:i + 1], own[i:i + 1]))[0]
+                             for i in range(24)])
+        against = torch.stack([recipe.loss(metric, (ref[i:i + 1], x0[i:i + 1], x1[i:i + 1], 1 - own[i:i + 1]))[0]
+                               for i in range(24)])
+    r = cert.radius.float()
+    assert torch.allclose(agree, torch.relu(eps - r), rtol=1e-4, atol=1e-6 * eps)
+    assert torch.allclose(against, eps + r, rtol=1e-4, atol=1e-6 * eps)
+    assert (agree == 0).any() and (agree > 0).any()
+
+
+def test_radius_hinge_has_no_collapsed_minimum(tmp_path):
+    """A constant embedding (every image at one point) is a zero of the margin-free certified hinge, which
+    is why that hinge collapses in training; the radius hinge charges it the full ε on every triplet."""
+    metric = _tiny_lipsim(7)
+    ref, x0, x1 = _triplets(8, 7)
+    judge = torch.ones(8)
+    same = torch.rand(1, 3, 32, 32).expand(8, -1, -1, -1)
+    recipe = _recipe(tmp_path, margin=0.0, cert_eps=0.5)
+    with torch.no_grad():
+        collapsed_cert, _ = recipe.loss(metric, (same, same, same, judge))
+        recipe.cfg.loss.radius_hinge = True
+        collapsed_radius, _ = recipe.loss(metric, (same, same, same, judge))
+    assert float(collapsed_cert) == 0.0
+    assert float(collapsed_radius) == pytest.approx(0.5)
+
+
+def test_radius_hinge_needs_a_radius(tmp_path):
+    recipe = _recipe(tmp_path, 0.0, 0.0)
+    recipe.cfg.loss.radius_hinge = True
+    with pytest.raises(InputError, match="radius_hinge needs loss.cert_eps > 0"):
+        recipe.setup(None)

@@ -116,3 +116,17 @@ def test_model_card_plot_draws_both_panels(tmp_path):
     mod.plot(rows, png)
     with Image.open(png) as im:
         assert im.size[0] > 2.2 * im.size[1]  # curves vs ε and the natural/attacked trade-off side by side
+
+
+def test_model_card_reuses_a_saved_result_only_for_the_same_weights(tmp_path):
+    """A retrained run keeps its path; its saved card numbers must not be served for the new weights."""
+    mod = _script("model_card_eval")
+    ident = {"n": 500, "seed": 0}
+    assert mod.result_ident("lpips-alex", ident) == ident
+    w = tmp_path / "run" / "model.safetensors"
+    w.parent.mkdir()
+    w.write_bytes(b"first weights")
+    first = mod.result_ident(str(w), ident)
+    assert first != ident and first["n"] == 500
+    w.write_bytes(b"retrained weights")
+    assert mod.result_ident(str(w), ident) != first

@@ -146,6 +146,10 @@ class LossSection:
     # true: weight each triplet's hinge by the judges' agreement |2j - 1| (1 for a unanimous vote, 0.2 for
     # 3 of 5, 0 for a tie), so split votes teach the ordering without counting as much as clear ones
     agreement_weight: bool = False
+    # true (needs cert_eps > 0): hinge on the certified radius itself, max(0, cert_eps - G·M/(K·C)) in l2
+    # pixel units; ``margin`` is unused. The margin in 1 - cos is a radius demand of margin·G/(K·C), pixels
+    # beyond what most triplets allow, which a 1-Lipschitz g can only meet by shrinking ||g||
+    radius_hinge: bool = False
 
 
 @dataclass

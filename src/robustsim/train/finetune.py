@@ -16,7 +16,15 @@ the Lipschitz constant. Asking that radius to exceed ε is the same as asking M 
     loss = max(0, m + ε·K·C/G - M)
 
 trains the margin the certificate needs (the Lipschitz-margin idea of Tsuzuku et al. 2018 applied to
-the cosine 2AFC geometry). With ε = 0 it is the plain hinge. The judgment j (fraction preferring x1) picks
+the cosine 2AFC geometry). With ε = 0 it is the plain hinge.
+
+Radius hinge (``loss.radius_hinge``, needs ε > 0): ``loss = max(0, ε - G·M/(K·C))``, the hinge on the
+certified radius itself, in l2 pixel units, with no margin in 1 - cos. Why: the certified hinge asks for a
+radius of ε + m·G/(K·C), and for a 1-Lipschitz g the margin's part is pixels more than most triplets allow
+(with the shipped model's G ≈ 8 and C ≈ 0.08, m = 0.05 asks for about 5, the median distance of the far
+image); g can only meet it by shrinking G, which is what costs robustness. The radius has no such scale,
+and no constant g minimises it (a collapsed g has radius 0). Dropping the margin from the certified hinge
+instead (m = 0) does collapse: every hinge then vanishes as C -> 0. The judgment j (fraction preferring x1) picks
 near = x1 when j > 0.5, else x0; with ``loss.agreement_weight`` each triplet's hinge is weighted by
 |2j - 1|, so triplets the judges split on (soft labels from ``consensus_only: false``) count less. Any
 embedding metric can be fine-tuned (a LipSim saved by the distillation recipe, a hub model, or a fresh
@@ -52,6 +60,8 @@ class FinetuneRecipe(Recipe):
             raise InputError(f"loss.margin must be >= 0, got {self.cfg.loss.margin}")
         if self.cfg.loss.cert_eps < 0:
             raise InputError(f"loss.cert_eps must be >= 0, got {self.cfg.loss.cert_eps}")
+        if self.cfg.loss.radius_hinge and self.cfg.loss.cert_eps <= 0:
+            raise InputError("loss.radius_hinge needs loss.cert_eps > 0: the certified radius to ask for, in l2 pixels")
         self._data = build_triplets(self.cfg.data, self.cfg.seed)
 
     def dataset(self):
@@ -99,7 +109,11 @@ class FinetuneRecipe(Recipe):
         if cert_eps > 0:
             chord = torch.where(x1_near[:, None], e1 - e0, e0 - e1).norm(dim=1)
             need = need + cert_eps * K * chord / G.clamp_min(1e-6)
-        hinge = torch.relu(need - (d_far - d_near))
+        if self.cfg.loss.radius_hinge:
+            radius = G * (d_far - d_near) / (K * chord.clamp_min(1e-6))
+            hinge = torch.relu(cert_eps - radius)
+        else:
+            hinge = torch.relu(need - (d_far - d_near))
         if self.cfg.loss.agreement_weight:
             w = (2 * judge.float() - 1).abs()
             loss = (w * hinge).sum() / w.sum().clamp_min(1e-12)
@@ -110,6 +124,7 @@ class FinetuneRecipe(Recipe):
             logs = {"2afc_acc": float(acc)}
             if cert_eps > 0:  # share of triplets whose certified radius already reaches cert_eps
                 logs["cert_acc"] = float((need - self.cfg.loss.margin <= d_far - d_near).float().mean())
+                logs["median_G"] = float(G.median())
         return loss, logs
 
     def export(self, module: nn.Module, out_dir: Path) -> Path:
