@@ -42,13 +42,17 @@ def display_name(name: str) -> str:
 
 
 def result_ident(name: str, ident: dict) -> dict:
-    """What a saved result must match to be reused: the run's settings and, for a weights file, its sha256
-    (a retrained ``runs/<recipe>/model.safetensors`` keeps its name but not its result)."""
-    if not name.endswith(".safetensors"):
-        return ident
-    from robustsim.download import sha256_file
+    """What a saved result must match to be reused: the run's settings and the weights' sha256, of a weights
+    file or of a hub name's pinned files (a retrained ``runs/<recipe>/model.safetensors`` keeps its path, and a
+    new ``lipsim-default`` its name, but not their results)."""
+    if name.endswith(".safetensors"):
+        from robustsim.download import sha256_file
 
-    return {**ident, "weights_sha256": sha256_file(name)}
+        return {**ident, "weights_sha256": sha256_file(name)}
+    from robustsim import hub
+
+    pinned = {k: wf.sha256 for k, wf in hub.model_spec(name).weights.items() if wf.sha256}
+    return {**ident, "weights_sha256": pinned} if pinned else ident
 
 
 def evaluate_one(name: str, pool, args) -> dict:

@@ -127,15 +127,19 @@ def test_random_networks_are_1_lipschitz(stem, conv_depth, conv_inner, linear_de
         assert (net(x) - net(y)).norm() <= (x - y).norm() * (1 + 1e-5)
 
 
-def test_lipsim_effnet_names_the_effnet_recipe_offline():
-    """``lipsim-effnet`` pins the effnet-distilled model by name (issue 17); today it is the default's file,
-    checked by the same sha256, so both give the same distances."""
+def test_lipsim_effnet_is_the_previous_default_pinned_offline():
+    """``lipsim-effnet`` keeps the effnet-distilled model (the default until v2, issue 17) loadable by name:
+    its own packaged file, sha256-pinned, the same architecture as the new default but other weights."""
     import robustsim
+    from robustsim import hub
+    from robustsim.metrics import lipsim
 
     effnet, default = robustsim.load("lipsim-effnet"), robustsim.load("lipsim-default")
-    assert effnet.certified and type(effnet) is type(default)
+    assert effnet.certified and default.certified and effnet.cfg == default.cfg
+    assert hub.model_spec("lipsim-effnet").weights["main"].sha256 == lipsim.EFFNET_SHA256
+    assert lipsim.EFFNET_SHA256 != lipsim.DEFAULT_SHA256
     a, b = effnet.state_dict(), default.state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     y = (x + 0.05).clamp(0, 1)
-    assert torch.equal(effnet(x, y), default(x, y))
+    assert not torch.allclose(effnet(x, y), default(x, y))

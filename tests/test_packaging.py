@@ -76,6 +76,7 @@ def test_sdist_and_wheel_build_and_pass_twine_check(tmp_path):
         meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         entry = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "robustsim/assets/lipsim_default.safetensors" in names  # robustsim.load() works offline from the wheel
+    assert "robustsim/assets/lipsim_effnet.safetensors" in names  # and the previous default, by name
     assert "robustsim/adapters/torchmetrics.py" in names and "robustsim/io.py" in names
     assert "Name: robustsim" in meta and "Description-Content-Type: text/markdown" in meta
     assert "pip install ." in meta  # the README's minimal install line is on the package page

@@ -122,7 +122,11 @@ def test_model_card_reuses_a_saved_result_only_for_the_same_weights(tmp_path):
     """A retrained run keeps its path; its saved card numbers must not be served for the new weights."""
     mod = _script("model_card_eval")
     ident = {"n": 500, "seed": 0}
-    assert mod.result_ident("lpips-alex", ident) == ident
+    assert mod.result_ident("pixel-l2", ident) == ident  # no weights
+    from robustsim import hub
+
+    pinned = mod.result_ident("lipsim-effnet", ident)["weights_sha256"]  # a packaged model: its pinned file
+    assert pinned == {"main": hub.model_spec("lipsim-effnet").weights["main"].sha256}
     w = tmp_path / "run" / "model.safetensors"
     w.parent.mkdir()
     w.write_bytes(b"first weights")

@@ -2,8 +2,8 @@
 
 Since the judged suite (:mod:`.results`, docs/RESULTS.md) became the headline, this report is a smoke
 test: ``robustsim eval --suite offline`` writes docs/ORDERING.md from :data:`RESULTS_METRICS`.
-Adding the shipped model is one word: put ``"lipsim-default"`` in that
-list (its recipe below loads it through the hub). Random-weight models are marked as such.
+The shipped model and the previous default (``lipsim-effnet``) are loaded through the hub.
+Random-weight models are marked as such.
 
 Protocol (documented in ORDERING.md): ordering suite on held-out photos at each metric's native size
 (64 for LPIPS), natural 2AFC; APGD-CE l2 on the reference at 0.5/1/2/3 ([0, 1] pixel units); certified
@@ -19,8 +19,8 @@ import torch
 
 from ..errors import InputError
 
-#: metrics in docs/ORDERING.md, in table order (add "lipsim-default" once the shipped model exists)
-RESULTS_METRICS: List[str] = ["lipsim-default", "effnet-lite0-cosine", "lpips-alex", "lipsim-random"]
+#: metrics in docs/ORDERING.md, in table order
+RESULTS_METRICS: List[str] = ["lipsim-default", "lipsim-effnet", "effnet-lite0-cosine", "lpips-alex", "lipsim-random"]
 
 
 def _effnet():
@@ -45,11 +45,11 @@ def lipsim_random():
     return m.eval(), "random weights", CPU_DEFAULT.input_size
 
 
-def _lipsim_default():
+def _packaged_lipsim(name: str, note: str):
     from .. import hub
 
-    m = hub.load("lipsim-default")
-    return m, "shipped model", m.input_size[0]
+    m = hub.load(name)
+    return m, note, m.input_size[0]
 
 
 #: name -> () -> (metric, note, suite image side)
@@ -57,7 +57,8 @@ OFFLINE_METRICS: Dict[str, Callable[[], Tuple[Any, str, int]]] = {
     "effnet-lite0-cosine": _effnet,
     "lpips-alex": _lpips_alex,
     "lipsim-random": lipsim_random,
-    "lipsim-default": _lipsim_default,
+    "lipsim-default": lambda: _packaged_lipsim("lipsim-default", "shipped model"),
+    "lipsim-effnet": lambda: _packaged_lipsim("lipsim-effnet", "previous default, EfficientNet recipe"),
 }
 
 

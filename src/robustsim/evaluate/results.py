@@ -26,7 +26,7 @@ from .twoafc import AttackSpec, budget_value
 PathLike = Union[str, os.PathLike]
 
 #: Metrics of the headline, in table order (R-LPIPS checkpoints present offline are added after "dists").
-JUDGED_RESULTS_METRICS: List[str] = ["lipsim-default", "effnet-lite0-cosine", "lpips-alex", "lpips-vgg",
+JUDGED_RESULTS_METRICS: List[str] = ["lipsim-default", "lipsim-effnet", "effnet-lite0-cosine", "lpips-alex", "lpips-vgg",
                                      "stlpips-alex", "stlpips-vgg", "dists", "lipsim-random", "pixel-l2"]
 
 
@@ -66,7 +66,8 @@ class ResultsPlan:
 def _note(name: str, judges: Sequence[str]) -> str:
     if name in judges:
         return "judge; scored with leave-one-out labels"
-    return {"lipsim-default": "shipped model", "effnet-lite0-cosine": "ImageNet weights", "lipsim-random": "random weights",
+    return {"lipsim-default": "shipped model", "lipsim-effnet": "previous default, EfficientNet recipe",
+            "effnet-lite0-cosine": "ImageNet weights", "lipsim-random": "random weights",
             "pixel-l2": "no weights"}.get(name, "released checkpoint" if name.startswith("rlpips-") else "")
 
 

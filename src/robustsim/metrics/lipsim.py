@@ -257,29 +257,35 @@ def _spec(size: str) -> hub.ModelSpec:
     )
 
 
-#: The shipped default (docs/MODELS.md): a CPU LipSim distilled from EfficientNet-Lite0 by our own recipes,
-#: inside the package so it works offline. Its sha256 is pinned; retraining changes it (update both).
+#: The shipped default (docs/MODELS.md, "lipsim-default v2"): the effnet-distilled model below fine-tuned
+#: with the radius hinge on judge-labelled training triplets (configs/shipped_v5_radius050.yaml), inside
+#: the package so it works offline. Its sha256 is pinned; retraining changes it (update both).
 DEFAULT_ASSET = "lipsim_default.safetensors"
-DEFAULT_SHA256 = "3dcf7222e911a2995a63ee328226c8be44932a5fef330b2d1679fe5ab942a1c9"
+DEFAULT_SHA256 = "afe0debfe474aebad99236964c7d9a565500ec04a673f732435283aa3cfc467d"
+#: The default until v2: a CPU LipSim distilled from EfficientNet-Lite0 (docs/MODELS.md, first card).
+EFFNET_ASSET = "lipsim_effnet.safetensors"
+EFFNET_SHA256 = "3dcf7222e911a2995a63ee328226c8be44932a5fef330b2d1679fe5ab942a1c9"
 
 
-def _packaged_spec(name: str, description: str) -> hub.ModelSpec:
-    """A hub entry for the LipSim file inside the package (offline, sha256-pinned)."""
+def _packaged_spec(name: str, description: str, asset: str, sha256: str) -> hub.ModelSpec:
+    """A hub entry for a LipSim file inside the package (offline, sha256-pinned)."""
     return hub.ModelSpec(
         name=name,
         builder="robustsim.metrics.lipsim:build_default",
         description=description,
-        weights={"main": hub.WeightFile(DEFAULT_ASSET, sha256=DEFAULT_SHA256, package=("robustsim", f"assets/{DEFAULT_ASSET}"),
+        weights={"main": hub.WeightFile(asset, sha256=sha256, package=("robustsim", f"assets/{asset}"),
                                         description="ships inside the robustsim package")},
         certified=True,
     )
 
 
 MODELS = [_spec(s) for s in OFFICIAL] + [
-    _packaged_spec("lipsim-default", "shipped certified LipSim (128px, distilled from EfficientNet-Lite0 on real photos; offline)"),
-    # The effnet-distilled recipe under its own name (issue 17): pinning it keeps results and scripts that
-    # mean *this* model reproducible when the default moves to another recipe; today both are one file.
-    _packaged_spec("lipsim-effnet", "certified LipSim distilled from EfficientNet-Lite0 (128px, the current lipsim-default; offline)"),
+    _packaged_spec("lipsim-default", "shipped certified LipSim (128px; lipsim-effnet fine-tuned toward human-calibrated "
+                   "judges with the radius hinge; offline)", DEFAULT_ASSET, DEFAULT_SHA256),
+    # The previous default under its own name (issue 17): results and scripts that mean *that* model stay
+    # reproducible now that the default is another recipe.
+    _packaged_spec("lipsim-effnet", "certified LipSim distilled from EfficientNet-Lite0 (128px, the default until "
+                   "v2; offline)", EFFNET_ASSET, EFFNET_SHA256),
 ]
 
 
