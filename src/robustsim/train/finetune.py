@@ -21,14 +21,16 @@ the cosine 2AFC geometry). With ε = 0 it is the plain hinge.
 Radius hinge (``loss.radius_hinge``, needs ε > 0): ``loss = max(0, ε - G·M/(K·C))``, the hinge on the
 certified radius itself, in l2 pixel units, with no margin in 1 - cos. Why: the certified hinge asks for a
 radius of ε + m·G/(K·C), and for a 1-Lipschitz g the margin's part is pixels more than most triplets allow
-(with the shipped model's G ≈ 8 and C ≈ 0.08, m = 0.05 asks for about 5, the median distance of the far
+(for ``lipsim-effnet``, G ≈ 8.4 and C ≈ 0.08: m = 0.05 asks for about 5, the median distance of the far
 image); g can only meet it by shrinking G, which is what costs robustness. The radius has no such scale,
 and no constant g minimises it (a collapsed g has radius 0). Dropping the margin from the certified hinge
-instead (m = 0) does collapse: every hinge then vanishes as C -> 0. The judgment j (fraction preferring x1) picks
-near = x1 when j > 0.5, else x0; with ``loss.agreement_weight`` each triplet's hinge is weighted by
-|2j - 1|, so triplets the judges split on (soft labels from ``consensus_only: false``) count less. Any
-embedding metric can be fine-tuned (a LipSim saved by the distillation recipe, a hub model, or a fresh
-``model.arch``); the result is saved as a robustsim ``.safetensors`` file.
+instead (m = 0) does collapse: every hinge then vanishes as C -> 0.
+
+The judgment j (fraction preferring x1) picks near = x1 when j > 0.5, else x0; with
+``loss.agreement_weight`` each triplet's hinge is weighted by |2j - 1|, so triplets the judges split on
+(soft labels from ``consensus_only: false``) count less. Any embedding metric can be fine-tuned (a LipSim
+saved by the distillation recipe, a hub model, or a fresh ``model.arch``); the result is saved as a
+robustsim ``.safetensors`` file.
 """
 from __future__ import annotations
 
