@@ -131,7 +131,7 @@ LipSim-CPU 128×128), seed {seed}. Attacked: APGD-CE, l2, reference perturbed, {
 sound radius of `robustsim.certify.two_afc`, reference perturbed. Embedding attack: l2 PGD, {n_embed} images.
 Retrieval: {n_ret} queries (weaker distortion) against their {n_ret} references, query attacked with l2 ε={reps:g}.
 Models with random weights are marked: their numbers test the pipeline, not the metric.
-The shipped model against its teacher (teacher-labelled triplets, more photos, 50 APGD iterations): docs/MODELS.md.
+Model cards (the shipped model on the judged suite; `lipsim-effnet` against its EfficientNet teacher): docs/MODELS.md.
 Budgets are in [0, 1] pixel units at the metric's input size. Runtime per metric is in results.json."""
 
 
