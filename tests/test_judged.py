@@ -338,3 +338,18 @@ def test_discrimination_pixel_and_random_network_far_below_lpips(tmp_path):
     assert lpips_score >= 0.8
     assert pix <= lpips_score - 0.15
     assert rnd <= lpips_score - 0.15
+
+
+def test_results_rows_say_where_each_model_comes_from():
+    """RESULTS.md notes: the shipped and previous default by name, R-LPIPS heads trained here apart from the
+    released checkpoints, a judge as leave-one-out."""
+    from robustsim.evaluate.results import _note, default_metrics
+
+    judges = ["lpips-alex", "dists"]
+    assert _note("lipsim-default", judges) == "shipped model"
+    assert "previous default" in _note("lipsim-effnet", judges)
+    assert "trained here" in _note("rlpips-alex-linf-x0-x1", judges)
+    assert _note("rlpips-linf-x0", judges) == "released checkpoint"
+    assert "leave-one-out" in _note("dists", judges)
+    names = default_metrics()
+    assert names[:2] == ["lipsim-default", "lipsim-effnet"]

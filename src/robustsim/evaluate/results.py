@@ -66,6 +66,8 @@ class ResultsPlan:
 def _note(name: str, judges: Sequence[str]) -> str:
     if name in judges:
         return "judge; scored with leave-one-out labels"
+    if name.startswith("rlpips-alex-"):  # heads shipped in the package (metrics.lpips.SHIPPED_RLPIPS)
+        return "heads trained here on the judges' labels of training photos"
     return {"lipsim-default": "shipped model", "lipsim-effnet": "previous default, EfficientNet recipe",
             "effnet-lite0-cosine": "ImageNet weights", "lipsim-random": "random weights",
             "pixel-l2": "no weights"}.get(name, "released checkpoint" if name.startswith("rlpips-") else "")
