@@ -258,10 +258,10 @@ def _spec(size: str) -> hub.ModelSpec:
 
 
 #: The shipped default (docs/MODELS.md, "lipsim-default v2"): the effnet-distilled model below fine-tuned
-#: with the radius hinge on judge-labelled training triplets (configs/shipped_v5_radius050.yaml), inside
+#: with the radius hinge on judge-labelled training triplets (configs/shipped_v5_radius050_long.yaml), inside
 #: the package so it works offline. Its sha256 is pinned; retraining changes it (update both).
 DEFAULT_ASSET = "lipsim_default.safetensors"
-DEFAULT_SHA256 = "afe0debfe474aebad99236964c7d9a565500ec04a673f732435283aa3cfc467d"
+DEFAULT_SHA256 = "a602365c046702954a7b3fdb96c1dc85fed46563036d365a24038c79672de984"
 #: The default until v2: a CPU LipSim distilled from EfficientNet-Lite0 (docs/MODELS.md, first card).
 EFFNET_ASSET = "lipsim_effnet.safetensors"
 EFFNET_SHA256 = "3dcf7222e911a2995a63ee328226c8be44932a5fef330b2d1679fe5ab942a1c9"
