@@ -22,11 +22,15 @@ from ..errors import InputError
 #: metrics in docs/ORDERING.md, in table order
 RESULTS_METRICS: List[str] = ["lipsim-default", "lipsim-effnet", "effnet-lite0-cosine", "lpips-alex", "lipsim-random"]
 
+#: where a model's weights come from, as the report tables say it (docs/ORDERING.md and docs/RESULTS.md)
+MODEL_NOTES: Dict[str, str] = {"lipsim-default": "shipped model", "lipsim-effnet": "previous default, EfficientNet recipe",
+                               "effnet-lite0-cosine": "ImageNet weights", "lipsim-random": "random weights"}
+
 
 def _effnet():
     from .. import hub
 
-    return hub.load("effnet-lite0-cosine"), "ImageNet weights", 224
+    return hub.load("effnet-lite0-cosine"), MODEL_NOTES["effnet-lite0-cosine"], 224
 
 
 def _lpips_alex():
@@ -42,14 +46,14 @@ def lipsim_random():
         torch.manual_seed(0)
         m = LipSim.from_config(CPU_DEFAULT)
     m.name = "lipsim-cpu"
-    return m.eval(), "random weights", CPU_DEFAULT.input_size
+    return m.eval(), MODEL_NOTES["lipsim-random"], CPU_DEFAULT.input_size
 
 
-def _packaged_lipsim(name: str, note: str):
+def _packaged_lipsim(name: str):
     from .. import hub
 
     m = hub.load(name)
-    return m, note, m.input_size[0]
+    return m, MODEL_NOTES[name], m.input_size[0]
 
 
 #: name -> () -> (metric, note, suite image side)
@@ -57,8 +61,8 @@ OFFLINE_METRICS: Dict[str, Callable[[], Tuple[Any, str, int]]] = {
     "effnet-lite0-cosine": _effnet,
     "lpips-alex": _lpips_alex,
     "lipsim-random": lipsim_random,
-    "lipsim-default": lambda: _packaged_lipsim("lipsim-default", "shipped model"),
-    "lipsim-effnet": lambda: _packaged_lipsim("lipsim-effnet", "previous default, EfficientNet recipe"),
+    "lipsim-default": lambda: _packaged_lipsim("lipsim-default"),
+    "lipsim-effnet": lambda: _packaged_lipsim("lipsim-effnet"),
 }
 
 

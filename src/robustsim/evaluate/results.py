@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import InputError
 from .judged import evaluate_judged, evaluate_pairs, fmt_eps
+from .offline import MODEL_NOTES
 from .twoafc import AttackSpec, budget_value
 
 PathLike = Union[str, os.PathLike]
@@ -68,9 +69,7 @@ def _note(name: str, judges: Sequence[str]) -> str:
         return "judge; scored with leave-one-out labels"
     if name.startswith("rlpips-alex-"):  # heads shipped in the package (metrics.lpips.SHIPPED_RLPIPS)
         return "heads trained here on the judges' labels of training photos"
-    return {"lipsim-default": "shipped model", "lipsim-effnet": "previous default, EfficientNet recipe",
-            "effnet-lite0-cosine": "ImageNet weights", "lipsim-random": "random weights",
-            "pixel-l2": "no weights"}.get(name, "released checkpoint" if name.startswith("rlpips-") else "")
+    return {**MODEL_NOTES, "pixel-l2": "no weights"}.get(name, "released checkpoint" if name.startswith("rlpips-") else "")
 
 
 def load_results_metric(name: str, device=None) -> Tuple[Any, str]:
