@@ -181,6 +181,33 @@ def test_rlpips_reads_the_bapps_layout(tmp_path):
     assert res.status == "done" and robustsim.load(str(res.model_path)).lpips
 
 
+def test_data_parts_concatenate_sets_with_their_own_options(tmp_path):
+    """data.parts appends more sets after the first, each its options merged over data.options."""
+    from robustsim.errors import InputError
+    from robustsim.train.data import build_triplets
+
+    def tensor_file(name, n, fill, judge):
+        p = tmp_path / f"{name}.pt"
+        torch.save({"ref": torch.full((n, 3, 8, 8), fill), "x0": torch.zeros(n, 3, 8, 8),
+                    "x1": torch.ones(n, 3, 8, 8), "judge": torch.full((n,), judge)}, p)
+        return str(p)
+
+    a, b = tensor_file("a", 3, 0.25, 0.0), tensor_file("b", 2, 0.75, 1.0)
+    cfg = tiny_config("finetune", tmp_path / "f", data__kind="tensors", data__root=a, data__limit=None, data__size=8,
+                      data__parts=[{"root": b}])
+    data = build_triplets(cfg.data)
+    assert len(data) == 5
+    got = [(float(data[i][0].mean()), float(data[i][3])) for i in range(5)]
+    assert got == [(0.25, 0.0)] * 3 + [(0.75, 1.0)] * 2
+    cfg.data.limit = 4  # the limit caps the concatenation, not each part
+    assert len(build_triplets(cfg.data)) == 4
+    cfg.data.parts = [["not", "a", "mapping"]]
+    with pytest.raises(InputError, match="data.parts"):
+        build_triplets(cfg.data)
+    with pytest.raises(InputError, match=r"data.parts\[0\].root=.*gone.pt"):
+        tiny_config("finetune", tmp_path / "f", data__kind="tensors", data__root=a, data__parts=[{"root": str(tmp_path / "gone.pt")}])
+
+
 # --------------------------------------------------------------------------- hinge fine-tuning
 
 

@@ -67,6 +67,9 @@ class TripletDataSection:
     size: int = 64  # images are resized to size×size
     limit: Optional[int] = None  # use only the first N triplets (smoke tests)
     options: Dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the reader
+    # more sets of the same kind, concatenated after the first: each a dict merged over ``options`` (``root``
+    # may be one of its keys), e.g. {seed: 1, extra_dirs: [...]}: new judged triplets, the first set's labels kept
+    parts: List[Dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -367,6 +370,10 @@ def check_data_paths(cfg: RecipeConfig) -> None:
                     raise InputError(f"{name}.root is required for data.kind={d.kind}")
                 if not Path(d.root).expanduser().exists():
                     missing.append(f"{name}.root={d.root}")
+            for i, part in enumerate(d.parts if isinstance(d.parts, list) else []):
+                root = part.get("root") if isinstance(part, dict) else None
+                if root and not Path(root).expanduser().exists():
+                    missing.append(f"{name}.parts[{i}].root={root}")
         elif isinstance(d, PhotoDataSection):
             for f in d.folders:
                 if not Path(f).expanduser().is_dir():

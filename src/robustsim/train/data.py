@@ -13,7 +13,7 @@ from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from ..errors import InputError
 from .config import TripletDataSection
@@ -106,12 +106,20 @@ def build_triplets(d: TripletDataSection, seed: int = 0) -> TripletTrainData:
     """The dataset a config section describes (paths were checked when the config was read)."""
     from ..data.registry import build_dataset
 
-    opts = dict(d.options)
-    # label_size: the side the dataset is built (and, for the judged suite, labelled) at; the model trains at
-    # d.size, upsampled with the suite's bicubic resize, as evaluate_judged shows it to a 128-px metric.
-    size = int(opts.pop("label_size", d.size))
-    base = build_dataset(d.kind, root=d.root, split=d.split, size=size, n=opts.pop("n", d.limit),
-                         seed=opts.pop("seed", seed), categories=d.subsets, **opts)
+    parts = d.parts or []
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+        raise InputError(f"data.parts must be a list of option mappings, got {parts!r}")
+
+    def one(options: dict) -> Dataset:
+        opts = dict(options)
+        # label_size: the side the dataset is built (and, for the judged suite, labelled) at; the model trains at
+        # d.size, upsampled with the suite's bicubic resize, as evaluate_judged shows it to a 128-px metric.
+        size = int(opts.pop("label_size", d.size))
+        return build_dataset(d.kind, root=opts.pop("root", d.root), split=d.split, size=size, n=opts.pop("n", d.limit),
+                             seed=opts.pop("seed", seed), categories=d.subsets, **opts)
+
+    sets = [one(d.options)] + [one({**d.options, **p}) for p in parts]
+    base = sets[0] if len(sets) == 1 else ConcatDataset(sets)
     return TripletTrainData(base, d.size, d.limit)
 
 
