@@ -257,11 +257,11 @@ def _spec(size: str) -> hub.ModelSpec:
     )
 
 
-#: The shipped default (docs/MODELS.md, "lipsim-default v3"): the effnet-distilled model below fine-tuned
-#: with the radius hinge on judge-labelled training triplets (configs/shipped_v7_radius050_12k.yaml), inside
-#: the package so it works offline. Its sha256 is pinned; retraining changes it (update both).
+#: The shipped default (docs/MODELS.md, "lipsim-default v4"): the effnet-distilled model below fine-tuned
+#: with the radius hinge on judge-labelled training triplets (configs/shipped_v7_radius050_12k.yaml, then
+#: configs/shipped_v9_radius050_24k.yaml), inside the package so it works offline. Its sha256 is pinned; retraining changes it (update both).
 DEFAULT_ASSET = "lipsim_default.safetensors"
-DEFAULT_SHA256 = "7ef723bdcf32d3d6ef8b56c58e52246a17d41e9f6f9547f6962db48594a4418e"
+DEFAULT_SHA256 = "ae297c158f092312588d8cfa83af48e59a95f6a6b576fce83c67bcea87c00927"
 #: The default until v2: a CPU LipSim distilled from EfficientNet-Lite0 (docs/MODELS.md, second card).
 EFFNET_ASSET = "lipsim_effnet.safetensors"
 EFFNET_SHA256 = "3dcf7222e911a2995a63ee328226c8be44932a5fef330b2d1679fe5ab942a1c9"
