@@ -259,7 +259,8 @@ def _spec(size: str) -> hub.ModelSpec:
 
 #: The shipped default (docs/MODELS.md, "lipsim-default v4"): the effnet-distilled model below fine-tuned
 #: with the radius hinge on judge-labelled training triplets (configs/shipped_v7_radius050_12k.yaml, then
-#: configs/shipped_v9_radius050_24k.yaml), inside the package so it works offline. Its sha256 is pinned; retraining changes it (update both).
+#: configs/shipped_v9_radius050_24k.yaml), inside the package so it works offline. Its sha256 is pinned;
+#: retraining changes it (update both).
 DEFAULT_ASSET = "lipsim_default.safetensors"
 DEFAULT_SHA256 = "ae297c158f092312588d8cfa83af48e59a95f6a6b576fce83c67bcea87c00927"
 #: The default until v2: a CPU LipSim distilled from EfficientNet-Lite0 (docs/MODELS.md, second card).
