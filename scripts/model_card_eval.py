@@ -93,6 +93,14 @@ def attack_ceiling(pool, args, side: int = 128) -> dict:
             "apgd": {str(float(e)): sum(f > e for f in far) / k for e in args.eps}, "certified": {}, "bound": True}
 
 
+def sampling_note(n: int, n_attack: int) -> str:
+    """How far a share may move by the draw of triplets alone: one binomial standard error at a share of 50%
+    (its largest), for the natural column (n) and the attacked ones (n_attack), in points."""
+    return (f"One standard error of a share is at most ±{50 / n ** 0.5:.1f} points at n = {n} and "
+            f"±{50 / n_attack ** 0.5:.1f} at n = {n_attack} (attacked columns): read differences smaller than "
+            "about twice that as noise.")
+
+
 def table(rows, eps, cert_keys) -> str:
     head = (["metric", "natural", "natural (attacked subset)"] + [f"APGD ε={e:g}" for e in eps]
             + [f"certified {k}" for k in cert_keys])
@@ -188,11 +196,12 @@ def main() -> int:
               f"  certified {', '.join(f'{k}: {100 * v:.1f}%' for k, v in r['certified'].items()) or '—'}"
               f"  ({r['seconds']} s)", flush=True)
     rows.append(attack_ceiling(pool, args, args.size))
+    k_attack = rows[-1]["n_attack"]
     cert_keys = sorted({k for r in rows for k in r["certified"]},
                        key=budget_value)
     md = (f"Held-out judged suite (labels = consensus of the human-calibrated judges, not people), n = {args.n}; "
           f"APGD-CE l2 on the reference, {args.steps} iterations, first {args.n_attack} triplets, "
-          f"every metric at {args.size}×{args.size}.\n\n"
+          f"every metric at {args.size}×{args.size}. {sampling_note(args.n, k_attack)}\n\n"
           + table(rows, args.eps, cert_keys) + "\n\n`python scripts/model_card_eval.py " + " ".join(sys.argv[1:]) + "`\n")
     (out / "card.md").write_text(md)
     plot(rows, out / "card.png")

@@ -257,12 +257,13 @@ def _spec(size: str) -> hub.ModelSpec:
     )
 
 
-#: The shipped default (docs/MODELS.md, "lipsim-default v4"): the effnet-distilled model below fine-tuned
+#: The shipped default (docs/MODELS.md, "lipsim-default v5"): the effnet-distilled model below fine-tuned
 #: with the radius hinge on judge-labelled training triplets (configs/shipped_v7_radius050_12k.yaml, then
-#: configs/shipped_v9_radius050_24k.yaml), inside the package so it works offline. Its sha256 is pinned;
-#: retraining changes it (update both).
+#: shipped_v9_radius050_24k.yaml, shipped_v11_radius050_36k.yaml and shipped_v12_radius075_36k.yaml), and the
+#: last two averaged (scripts/average_weights.py); inside the package so it works offline. Its sha256 is
+#: pinned; retraining changes it (update both).
 DEFAULT_ASSET = "lipsim_default.safetensors"
-DEFAULT_SHA256 = "ae297c158f092312588d8cfa83af48e59a95f6a6b576fce83c67bcea87c00927"
+DEFAULT_SHA256 = "d24ab3974fb7ecbd180c8c72077ae0779ea8d17c7e164f9938d8e08054ff00b8"
 #: The default until v2: a CPU LipSim distilled from EfficientNet-Lite0 (docs/MODELS.md, second card).
 EFFNET_ASSET = "lipsim_effnet.safetensors"
 EFFNET_SHA256 = "3dcf7222e911a2995a63ee328226c8be44932a5fef330b2d1679fe5ab942a1c9"
