@@ -144,12 +144,13 @@ def test_model_card_sampling_note_gives_the_largest_standard_error_of_each_colum
     assert "±3.2 at n = 250" in mod.sampling_note(500, 250)
 
 
-def _tiny_lipsim(seed: int):
+def _tiny_lipsim(seed: int, **over):
     from robustsim.metrics.lipsim import LipSim
 
     torch.manual_seed(seed)
-    return LipSim(input_size=16, stem="unshuffle2", channels=12, conv_depth=1, conv_inner=4, pool=(2,),
-                  linear_depth=1, linear_inner=16, embed_dim=16).eval()
+    cfg = dict(input_size=16, stem="unshuffle2", channels=12, conv_depth=1, conv_inner=4, pool=(2,),
+               linear_depth=1, linear_inner=16, embed_dim=16)
+    return LipSim(**{**cfg, **over}).eval()
 
 
 def test_average_weights_writes_the_weighted_mean_and_refuses_other_architectures(tmp_path, capsys):
@@ -161,16 +162,12 @@ def test_average_weights_writes_the_weighted_mean_and_refuses_other_architecture
     pa, pb = hub.save(a, tmp_path / "a.safetensors"), hub.save(b, tmp_path / "b.safetensors")
     out = tmp_path / "soup" / "m.safetensors"
     assert mod.main([str(pa), str(pb), "--weights", "0.25,0.75", "--out", str(out)]) == 0
-    soup = robustsim.load(str(out)).state_dict()
+    soup = robustsim.load(str(out))
     for k, t in a.state_dict().items():
-        torch.testing.assert_close(soup[k], 0.25 * t + 0.75 * b.state_dict()[k])
-    assert robustsim.load(str(out)).lipschitz <= 1.0  # still a certified 1-Lipschitz network
+        torch.testing.assert_close(soup.state_dict()[k], 0.25 * t + 0.75 * b.state_dict()[k])
+    assert soup.lipschitz <= 1.0  # still a certified 1-Lipschitz network
     assert mod.main([str(pa), str(pb), "--weights", "0.5,0.6", "--out", str(out)]) == 2
     assert "summing to 1" in capsys.readouterr().err
-    from robustsim.metrics.lipsim import LipSim
-
-    torch.manual_seed(2)
-    other = LipSim(input_size=16, stem="unshuffle2", channels=12, conv_depth=1, conv_inner=8, pool=(2,),
-                   linear_depth=1, linear_inner=16, embed_dim=16).eval()
+    other = _tiny_lipsim(2, conv_inner=8)
     with pytest.raises(ValueError, match="not the same architecture"):
         mod.average_state([a.state_dict(), other.state_dict()], [0.5, 0.5])
