@@ -50,8 +50,11 @@ def main(argv=None) -> int:
     if len(args.models) < 2:
         print("error: give two or more models to average", file=sys.stderr)
         return 2
-    weights = ([float(w) for w in args.weights.split(",")] if args.weights
-               else [1.0 / len(args.models)] * len(args.models))
+    try:
+        weights = ([float(w) for w in args.weights.split(",")] if args.weights
+                   else [1.0 / len(args.models)] * len(args.models))
+    except ValueError:
+        weights = []
     if len(weights) != len(args.models) or any(w < 0 for w in weights) or abs(sum(weights) - 1) > 1e-9:
         print(f"error: --weights needs {len(args.models)} non-negative numbers summing to 1, got {args.weights}",
               file=sys.stderr)

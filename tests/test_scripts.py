@@ -168,6 +168,8 @@ def test_average_weights_writes_the_weighted_mean_and_refuses_other_architecture
     assert soup.lipschitz <= 1.0  # still a certified 1-Lipschitz network
     assert mod.main([str(pa), str(pb), "--weights", "0.5,0.6", "--out", str(out)]) == 2
     assert "summing to 1" in capsys.readouterr().err
+    assert mod.main([str(pa), str(pb), "--weights", "half,half", "--out", str(out)]) == 2
+    assert "summing to 1, got half,half" in capsys.readouterr().err
     other = _tiny_lipsim(2, conv_inner=8)
     with pytest.raises(ValueError, match="not the same architecture"):
         mod.average_state([a.state_dict(), other.state_dict()], [0.5, 0.5])
