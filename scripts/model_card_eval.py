@@ -96,9 +96,10 @@ def attack_ceiling(pool, args, side: int = 128) -> dict:
 def sampling_note(n: int, n_attack: int) -> str:
     """How far a share may move by the draw of triplets alone: one binomial standard error at a share of 50%
     (its largest), for the natural column (n) and the attacked ones (n_attack), in points."""
-    return (f"One standard error of a share is at most ±{50 / n ** 0.5:.1f} points at n = {n} and "
-            f"±{50 / n_attack ** 0.5:.1f} at n = {n_attack} (attacked columns): read differences smaller than "
-            "about twice that as noise.")
+    where = (f"at n = {n} (every column)" if n_attack == n else
+             f"at n = {n} and ±{50 / n_attack ** 0.5:.1f} at n = {n_attack} (attacked columns)")
+    return (f"One standard error of a share is at most ±{50 / n ** 0.5:.1f} points {where}: read differences "
+            "smaller than about twice that as noise.")
 
 
 def table(rows, eps, cert_keys) -> str:

@@ -142,6 +142,8 @@ def test_model_card_sampling_note_gives_the_largest_standard_error_of_each_colum
     note = mod.sampling_note(500, 50)
     assert "±2.2 points at n = 500" in note and "±7.1 at n = 50" in note
     assert "±3.2 at n = 250" in mod.sampling_note(500, 250)
+    whole = mod.sampling_note(500, 500)  # every triplet attacked: one error, said once
+    assert "±2.2 points at n = 500 (every column)" in whole and whole.count("±") == 1
 
 
 def _tiny_lipsim(seed: int, **over):
@@ -173,3 +175,60 @@ def test_average_weights_writes_the_weighted_mean_and_refuses_other_architecture
     other = _tiny_lipsim(2, conv_inner=8)
     with pytest.raises(ValueError, match="not the same architecture"):
         mod.average_state([a.state_dict(), other.state_dict()], [0.5, 0.5])
+
+
+def test_probe_pixel_branch_is_one_lipschitz_and_its_radius_is_tight_for_an_isometry(tmp_path):
+    """P_k contracts (equality on block-constant differences); for the isometric hybrid of g = x - 1/2 the
+    reported radius is exact: the worst-case move of the reference at 0.999× keeps the decision, 1.001× flips it."""
+    mod = _script("probe_pixel_branch")
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    for k in (1, 2, 4):
+        assert bool(((mod.pixel_branch(x, k) - mod.pixel_branch(y, k)).norm(dim=1)
+                     <= (x.double() - y.double()).flatten(1).norm(dim=1) + 1e-12).all())
+    block = torch.rand(4, 3, 2, 2).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    torch.testing.assert_close((mod.pixel_branch(x + block, 4) - mod.pixel_branch(x, 4)).norm(dim=1),
+                               block.flatten(1).double().norm(dim=1))
+    with pytest.raises(ValueError, match="divide"):
+        mod.pixel_branch(x, 3)
+
+    def h(im, s=0.6):  # [cos θ·(x - 1/2), sin θ·P_1(x)]: an isometry of the pixels
+        return mod.hybrid((im.double() - 0.5).flatten(1), mod.pixel_branch(im, 1), s)
+
+    ref, x0, x1 = torch.rand(3, 6, 3, 8, 8).double()
+    judge = torch.zeros(6, dtype=torch.float64)
+    score, radius = mod.scores_and_radii(h(ref), h(x0), h(x1), judge)
+    a, b = (torch.nn.functional.normalize(h(t), dim=1) for t in (x0, x1))
+    closer_one = ((a - b) * torch.nn.functional.normalize(h(ref), dim=1)).sum(1) < 0
+    torch.testing.assert_close(score, (~closer_one).double())
+    c, o = torch.where(closer_one[:, None], b, a), torch.where(closer_one[:, None], a, b)
+    w = (c - o)[:, :192] * 0.8 + (c - o)[:, 192:] * 0.6  # h's adjoint applied to c - o, in pixels
+    w = (w / w.norm(dim=1, keepdim=True)).reshape(6, 3, 8, 8)
+    for factor, kept in ((0.999, True), (1.001, False)):
+        moved = h(ref - factor * radius[:, None, None, None] * w)
+        still = ((moved * (c - o)).sum(1) > 0)
+        assert bool((still == kept).all()), (factor, still)
+    rows = mod.frontier({"ref": ref, "x0": x0, "x1": x1, "g_ref": h(ref, 0), "g0": h(x0, 0), "g1": h(x1, 0)},
+                        judge, [1, 2], [0, 0.5], [0.1, 1.0])
+    assert [(r["k"], r["sin"]) for r in rows] == [(1, 0.0), (1, 0.5), (2, 0.5)]  # θ = 0 once
+    # g = pixels: θ = 0 and (k = 1, sin θ = 0.5) are both isometries of the pixel cosine, same decisions and radii
+    assert rows[0]["natural"] == rows[1]["natural"] == 100 * float(score.mean())
+    assert rows[0]["certified"] == pytest.approx(rows[1]["certified"])
+    assert mod.natural_gain({"ref": ref, "x0": x0, "x1": x1, "g_ref": h(ref), "g0": h(x0), "g1": h(x1)}) \
+        == pytest.approx({"q10": 1.0, "median": 1.0, "q90": 1.0})  # an isometry keeps every distance
+    with pytest.raises(SystemExit):  # refused before any data or model is loaded
+        mod.main(["--pools", "3", "--out", str(tmp_path)])
+
+
+def test_probe_attack_gain_beats_a_random_direction_and_never_exceeds_the_lipschitz_bound():
+    mod = _script("probe_pixel_branch")
+    net = _tiny_lipsim(0)
+    torch.manual_seed(1)
+    refs = torch.rand(8, 3, 16, 16) * 0.5 + 0.25  # room for the budget inside [0, 1]
+    gain = mod.attack_gain(net, refs, eps=0.5, steps=20)
+    step = torch.randn_like(refs)
+    step = 0.5 * step / step.flatten(1).norm(dim=1)[:, None, None, None]
+    with torch.no_grad():
+        rand = ((net.raw_features(refs + step) - net.raw_features(refs)).norm(dim=1) / 0.5).median()
+    assert gain["q10"] <= gain["median"] <= gain["q90"] <= net.lipschitz + 1e-6
+    assert gain["median"] > float(rand)
