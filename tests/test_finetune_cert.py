@@ -152,3 +152,25 @@ def test_radius_hinge_needs_a_radius(tmp_path):
     recipe.cfg.loss.radius_hinge = True
     with pytest.raises(InputError, match="radius_hinge needs loss.cert_eps > 0"):
         recipe.setup(None)
+
+
+def test_model_arch_beside_name_reconfigures_the_loaded_weights(tmp_path):
+    """model.name + model.arch: the saved weights under a shape-preserving change (here every coordinate of
+    the dense layers instead of the first 64); a change of any parameter's shape is refused by name."""
+    from robustsim import hub
+
+    path = hub.save(_tiny_lipsim(0), tmp_path / "tiny.safetensors")
+    recipe = _recipe(tmp_path, 0.0, 0.5)
+    recipe.cfg.model.name, recipe.cfg.model.arch = str(path), {"embed_dim": 192}
+    wide = recipe.build(torch.device("cpu"))
+    base = _tiny_lipsim(0)
+    assert wide.config()["embed_dim"] == 192 and base.config()["embed_dim"] == 64
+    for k, t in base.state_dict().items():
+        torch.testing.assert_close(wide.state_dict()[k], t)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        full, kept = wide.raw_features(x), base.raw_features(x)
+    torch.testing.assert_close(full[:, :64], kept)  # the first 64 coordinates are the old embedding
+    recipe.cfg.model.arch = {"linear_inner": 16}
+    with pytest.raises(InputError, match="changes parameter 'encoder.linears"):
+        recipe.build(torch.device("cpu"))

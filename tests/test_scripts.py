@@ -180,7 +180,7 @@ def test_average_weights_writes_the_weighted_mean_and_refuses_other_architecture
 def test_probe_pixel_branch_is_one_lipschitz_and_its_radius_is_tight_for_an_isometry(tmp_path):
     """P_k contracts (equality on block-constant differences); for the isometric hybrid of g = x - 1/2 the
     reported radius is exact: the worst-case move of the reference at 0.999× keeps the decision, 1.001× flips it."""
-    mod = _script("probe_pixel_branch")
+    mod = _script("probe_branch")
     torch.manual_seed(0)
     x, y = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
     for k in (1, 2, 4):
@@ -221,14 +221,46 @@ def test_probe_pixel_branch_is_one_lipschitz_and_its_radius_is_tight_for_an_isom
 
 
 def test_probe_attack_gain_beats_a_random_direction_and_never_exceeds_the_lipschitz_bound():
-    mod = _script("probe_pixel_branch")
+    mod = _script("probe_branch")
     net = _tiny_lipsim(0)
     torch.manual_seed(1)
     refs = torch.rand(8, 3, 16, 16) * 0.5 + 0.25  # room for the budget inside [0, 1]
-    gain = mod.attack_gain(net, refs, eps=0.5, steps=20)
+    adv = mod.attack_images(net, refs, eps=0.5, steps=20)
+    gain = mod.attack_gain(net, refs, adv)
     step = torch.randn_like(refs)
     step = 0.5 * step / step.flatten(1).norm(dim=1)[:, None, None, None]
     with torch.no_grad():
         rand = ((net.raw_features(refs + step) - net.raw_features(refs)).norm(dim=1) / 0.5).median()
     assert gain["q10"] <= gain["median"] <= gain["q90"] <= net.lipschitz + 1e-6
     assert gain["median"] > float(rand)
+    stages = mod.stage_gains(net.encoder, refs, adv)  # from the pixels, stage by stage: 1-Lipschitz all along
+    assert list(stages) == ["stem", "convs", "pool", "linears", "truncate"]
+    assert stages["stem"] == pytest.approx(1.0)  # PixelUnshuffle + zero channels: an isometry
+    assert all(v <= net.lipschitz + 1e-6 for v in stages.values())
+    assert stages["truncate"] == pytest.approx(gain["median"], rel=1e-5)
+
+
+def test_probe_rest_branch_at_full_scale_is_the_untruncated_network():
+    """branch "rest", s = 1: [g, rest] is the network without its truncation, so its decisions are the
+    decisions of the same weights with embed_dim = all features; s = 0 is the metric itself."""
+    from robustsim.train.finetune import with_config
+
+    mod = _script("probe_branch")
+    net = _tiny_lipsim(3)
+    whole = with_config(net, {"embed_dim": net.encoder.config.features})
+    torch.manual_seed(2)
+    ref, x0, x1 = torch.rand(3, 10, 3, 16, 16)
+    judge = (torch.rand(10) > 0.5).double()
+    with torch.no_grad():
+        feats = {"g_ref": net.raw_features(ref), "g0": net.raw_features(x0), "g1": net.raw_features(x1)}
+        full = [whole.raw_features(t) for t in (ref, x0, x1)]
+    feats.update({k: f[:, 16:] for k, f in zip(("rest_ref", "rest0", "rest1"), full)})
+    rows = mod.frontier(feats, judge, [1], [0.0, 1.0], [0.01], branch="rest")
+    own = mod.scores_and_radii(feats["g_ref"], feats["g0"], feats["g1"], judge)
+    untruncated = mod.scores_and_radii(*full, judge)
+    assert [r["k"] for r in rows] == [0, 0]
+    assert rows[0]["natural"] == pytest.approx(100 * float(own[0].mean()))
+    assert rows[1]["natural"] == pytest.approx(100 * float(untruncated[0].mean()))
+    assert rows[1]["certified"]["0.01"] == pytest.approx(100 * float((untruncated[0] * (untruncated[1] > 0.01)).mean()))
+    with pytest.raises(ValueError, match="branch"):
+        mod.frontier(feats, judge, [1], [0.5], [0.01], branch="noise")

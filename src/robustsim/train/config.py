@@ -101,7 +101,9 @@ class ModelSection:
     """The network being trained.
 
     name: a hub name (``lpips-alex``, ``lipsim-default`` ...) or a robustsim .safetensors file;
-    arch: keyword arguments building it from scratch instead (recipe-specific class, e.g. a LipSim config).
+    arch: keyword arguments building it from scratch instead (recipe-specific class, e.g. a LipSim config);
+        finetune with ``name`` too: overrides of the loaded model's configuration that keep its parameter
+        shapes (e.g. ``{embed_dim: 3072}``).
     """
 
     name: Optional[str] = None

@@ -29,7 +29,8 @@ instead (m = 0) does collapse: every hinge then vanishes as C -> 0.
 The judgment j (fraction preferring x1) picks near = x1 when j > 0.5, else x0; with
 ``loss.agreement_weight`` each triplet's hinge is weighted by |2j - 1|, so triplets the judges split on
 (soft labels from ``consensus_only: false``) count less. Any embedding metric can be fine-tuned (a LipSim
-saved by the distillation recipe, a hub model, or a fresh ``model.arch``); the result is saved as a
+saved by the distillation recipe, a hub model, or a fresh ``model.arch``; ``model.arch`` beside
+``model.name`` changes the loaded model's configuration, see :func:`with_config`); the result is saved as a
 robustsim ``.safetensors`` file.
 """
 from __future__ import annotations
@@ -44,6 +45,24 @@ from ..errors import InputError
 from ..metrics.embedding import NORM_EPS
 from .common import Recipe
 from .config import RecipeConfig
+
+
+def with_config(metric: nn.Module, overrides: dict) -> nn.Module:
+    """The same weights under a changed configuration (``model.name`` and ``model.arch`` together): e.g.
+    ``{embed_dim: 3072}`` keeps every coordinate a LipSim computes instead of the first 1280. Only changes
+    that keep every parameter's shape can start from saved weights; others are refused, naming the key."""
+    if not hasattr(metric, "config"):
+        raise InputError(f"model.arch with model.name needs a configurable metric; {type(metric).__name__} is not one")
+    cfg = {**metric.config(), **overrides}
+    new = type(metric)(**cfg)
+    want, have = new.state_dict(), metric.state_dict()
+    for k in sorted(set(want) | set(have)):
+        if k not in want or k not in have or want[k].shape != have[k].shape:
+            raise InputError(f"model.arch {overrides} changes parameter {k!r} of {type(metric).__name__}: only "
+                             "changes that keep every parameter's shape can start from saved weights")
+    new.load_state_dict(have)
+    new.name = getattr(metric, "name", "")
+    return new.train(metric.training)
 
 
 class FinetuneRecipe(Recipe):
@@ -75,6 +94,8 @@ class FinetuneRecipe(Recipe):
             from ..hub import load
 
             metric = load(m.name, weights=m.weights) if m.weights else load(m.name)
+            if m.arch:
+                metric = with_config(metric, m.arch)
         elif m.arch:
             from ..metrics.lipsim import LipSim
 
