@@ -177,7 +177,7 @@ def test_average_weights_writes_the_weighted_mean_and_refuses_other_architecture
         mod.average_state([a.state_dict(), other.state_dict()], [0.5, 0.5])
 
 
-def test_probe_pixel_branch_is_one_lipschitz_and_its_radius_is_tight_for_an_isometry(tmp_path):
+def test_probe_branch_pixels_are_one_lipschitz_and_the_radius_is_tight_for_an_isometry(tmp_path):
     """P_k contracts (equality on block-constant differences); for the isometric hybrid of g = x - 1/2 the
     reported radius is exact: the worst-case move of the reference at 0.999× keeps the decision, 1.001× flips it."""
     mod = _script("probe_branch")
