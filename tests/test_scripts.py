@@ -264,3 +264,28 @@ def test_probe_rest_branch_at_full_scale_is_the_untruncated_network():
     assert rows[1]["certified"]["0.01"] == pytest.approx(100 * float((untruncated[0] * (untruncated[1] > 0.01)).mean()))
     with pytest.raises(ValueError, match="branch"):
         mod.frontier(feats, judge, [1], [0.5], [0.01], branch="noise")
+
+
+def test_transplant_weights_keeps_what_fits_and_builds_the_new_architecture(tmp_path, capsys):
+    import robustsim
+    from robustsim import hub
+
+    mod = _script("transplant_weights")
+    src = _tiny_lipsim(4)  # 16 px, unshuffle2 -> 12 × 8 × 8, pool 2 -> 192 features
+    path = hub.save(src, tmp_path / "src.safetensors")
+    out = tmp_path / "new" / "pool1.safetensors"
+    assert mod.main([str(path), "--set", "pool=1", "--set", "linear_inner=8", "--set", "embed_dim=768",
+                     "--out", str(out)]) == 0
+    new = robustsim.load(str(out))
+    assert new.config()["pool"] == [1] and new.config()["embed_dim"] == 768
+    old, now = src.state_dict(), new.state_dict()
+    convs = [k for k in old if ".convs." in k]
+    assert convs and all(torch.equal(now[k], old[k]) for k in convs)  # the convolutions are transplanted
+    assert now["encoder.linears.0.weight"].shape != old["encoder.linears.0.weight"].shape
+    assert "new" in capsys.readouterr().out
+    assert new.lipschitz <= 1.0
+    assert mod.parse_value("2,2") == [2, 2] and mod.parse_value("3") == 3 and mod.parse_value("pad") == "pad"
+    with pytest.raises(SystemExit):  # no change asked for: nothing to transplant
+        mod.main([str(path), "--out", str(out)])
+    assert mod.main([str(path), "--set", "widht=3", "--out", str(out)]) == 2  # a misspelt key, one line
+    assert "widht" in capsys.readouterr().err
