@@ -31,21 +31,20 @@ def parse_value(text: str):
 
 
 def transplant(source, overrides: dict, seed: int = 0):
-    """A new model of ``type(source)`` with ``source.config()`` updated by ``overrides``; returns
-    (model, kept names, new names). Raises ValueError when nothing would be kept."""
+    """A new model of ``type(source)`` with ``source.config()`` updated by ``overrides`` (new parameters drawn
+    after seeding with ``seed``); returns (model, kept names, new names). Raises ValueError when nothing would
+    be kept."""
     import torch
 
+    from robustsim.train.finetune import reconfigure
+
+    if isinstance(overrides.get("pool"), int):
+        overrides = {**overrides, "pool": [overrides["pool"]]}
     torch.manual_seed(seed)
-    cfg = {**source.config(), **overrides}
-    if "pool" in cfg and isinstance(cfg["pool"], int):
-        cfg["pool"] = [cfg["pool"]]
-    model = type(source)(**cfg)
-    have, want = source.state_dict(), model.state_dict()
-    kept = [k for k, v in want.items() if k in have and have[k].shape == v.shape]
+    model, kept, _ = reconfigure(source, overrides)
     if not kept:
         raise ValueError("no parameter of the source has a name and shape of the new network: nothing to keep")
-    model.load_state_dict({k: have[k] for k in kept}, strict=False)
-    return model.eval(), kept, [k for k in want if k not in kept]
+    return model.eval(), kept, [k for k in model.state_dict() if k not in kept]
 
 
 def main(argv=None) -> int:

@@ -47,22 +47,31 @@ from .common import Recipe
 from .config import RecipeConfig
 
 
+def reconfigure(metric: nn.Module, overrides: dict):
+    """A new model of ``type(metric)`` with ``metric.config()`` updated by ``overrides``, holding every parameter
+    of ``metric`` whose name and shape it shares; the rest keep the new model's initialisation.
+
+    Returns (model, kept names, names that differ: in only one of the two or of another shape)."""
+    if not hasattr(metric, "config"):
+        raise InputError(f"model.arch with model.name needs a configurable metric; {type(metric).__name__} is not one")
+    new = type(metric)(**{**metric.config(), **overrides})
+    want, have = new.state_dict(), metric.state_dict()
+    kept = [k for k, v in want.items() if k in have and have[k].shape == v.shape]
+    differ = sorted((set(want) | set(have)) - set(kept))
+    new.load_state_dict({k: have[k] for k in kept}, strict=False)
+    new.name = getattr(metric, "name", "")
+    return new.train(metric.training), kept, differ
+
+
 def with_config(metric: nn.Module, overrides: dict) -> nn.Module:
     """The same weights under a changed configuration (``model.name`` and ``model.arch`` together): e.g.
     ``{embed_dim: 3072}`` keeps every coordinate a LipSim computes instead of the first 1280. Only changes
     that keep every parameter's shape can start from saved weights; others are refused, naming the key."""
-    if not hasattr(metric, "config"):
-        raise InputError(f"model.arch with model.name needs a configurable metric; {type(metric).__name__} is not one")
-    cfg = {**metric.config(), **overrides}
-    new = type(metric)(**cfg)
-    want, have = new.state_dict(), metric.state_dict()
-    for k in sorted(set(want) | set(have)):
-        if k not in want or k not in have or want[k].shape != have[k].shape:
-            raise InputError(f"model.arch {overrides} changes parameter {k!r} of {type(metric).__name__}: only "
-                             "changes that keep every parameter's shape can start from saved weights")
-    new.load_state_dict(have)
-    new.name = getattr(metric, "name", "")
-    return new.train(metric.training)
+    new, _, differ = reconfigure(metric, overrides)
+    if differ:
+        raise InputError(f"model.arch {overrides} changes parameter {differ[0]!r} of {type(metric).__name__}: only "
+                         "changes that keep every parameter's shape can start from saved weights")
+    return new
 
 
 class FinetuneRecipe(Recipe):
