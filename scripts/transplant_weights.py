@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Start a new LipSim architecture from a trained one: keep every parameter whose name and shape match.
 
-    python scripts/transplant_weights.py lipsim-default --set pool=2 --set linear_depth=2 --set linear_inner=128 \
-        --set embed_dim=12288 --out runs/v15_init/model.safetensors
+    python scripts/transplant_weights.py runs/v13_soup_v11_v12/model.safetensors --set pool=2 --set linear_depth=2 \
+        --set linear_inner=128 --set embed_dim=12288 --out runs/v15_init/model.safetensors
 
-Why: the shipped network's convolutions are trained to see what the judges see, but its 4×4 pool keeps only
+(``runs/v13_soup_v11_v12`` is ``lipsim-default`` v5, built by the recipe in docs/MODELS.md; the source may be any
+LipSim name or file.) Why: v5's convolutions are trained to see what the judges see, but its 4×4 pool keeps only
 3072 of 49 152 input dimensions (docs/TRAINING.md, "Eighth round"). A network that pools less needs new dense
 layers (their input grows), yet it can keep the stem and the convolutions. Parameters present in both with
 the same shape are copied; the others keep the new network's seeded initialisation, and the script lists

@@ -13,7 +13,9 @@ Two kinds of configuration (:class:`LipSimConfig`):
   (an official ``.pth`` or a converted ``.safetensors``);
 * **CPU-friendly** ones, e.g. :data:`CPU_DEFAULT`: a PixelUnshuffle stem (``stem="unshuffle4"``:
   3×128×128 -> 48×32×32, an isometry), a few SLL convolutions at that reduced resolution, one sum
-  pool to a small grid, and a few dense layers (about 3.7 M parameters, 15 MB in float32).
+  pool to a small grid, and a few dense layers (about 3.7 M parameters, 15 MB in float32). The shipped
+  ``lipsim-default`` (v6) is this with a 2×2 pool, two dense layers of inner width 128 and no truncation
+  (3.26 M parameters, 12 288 output coordinates); its file carries its configuration.
 """
 from __future__ import annotations
 
@@ -257,13 +259,14 @@ def _spec(size: str) -> hub.ModelSpec:
     )
 
 
-#: The shipped default (docs/MODELS.md, "lipsim-default v5"): the effnet-distilled model below fine-tuned
-#: with the radius hinge on judge-labelled training triplets (configs/shipped_v7_radius050_12k.yaml, then
-#: shipped_v9_radius050_24k.yaml, shipped_v11_radius050_36k.yaml and shipped_v12_radius075_36k.yaml), and the
-#: last two averaged (scripts/average_weights.py); inside the package so it works offline. Its sha256 is
-#: pinned; retraining changes it (update both).
+#: The shipped default (docs/MODELS.md, "lipsim-default v6"): the effnet-distilled model below fine-tuned
+#: with the radius hinge on judge-labelled training triplets (v5: configs/shipped_v7_radius050_12k.yaml to
+#: shipped_v12_radius075_36k.yaml, the last two averaged), then its stem and convolutions moved into a network
+#: that pools 2×2 (scripts/transplant_weights.py) and trained on at radius 0.75, 0.5 and 0.25
+#: (configs/shipped_v15_pool2.yaml to shipped_v17_pool2_radius025.yaml); inside the package so it works
+#: offline. Its sha256 is pinned; retraining changes it (update both).
 DEFAULT_ASSET = "lipsim_default.safetensors"
-DEFAULT_SHA256 = "d24ab3974fb7ecbd180c8c72077ae0779ea8d17c7e164f9938d8e08054ff00b8"
+DEFAULT_SHA256 = "094768cf50ff92bfc0fdc0fd3c6f307791c7dbfca9865a97d0736f4ba7996ee7"
 #: The default until v2: a CPU LipSim distilled from EfficientNet-Lite0 (docs/MODELS.md, second card).
 EFFNET_ASSET = "lipsim_effnet.safetensors"
 EFFNET_SHA256 = "3dcf7222e911a2995a63ee328226c8be44932a5fef330b2d1679fe5ab942a1c9"
