@@ -22,7 +22,8 @@ os.environ.setdefault("ROBUSTSIM_OFFLINE", "1")
 
 
 def parse_value(text: str):
-    """``2`` -> 2, ``2,2`` -> [2, 2] (pool factors), anything else stays a string (``stem=unshuffle4``)."""
+    """``2`` -> 2, ``2,2`` -> [2, 2] (pool factors), anything else stays a string (``stem=unshuffle4``): the
+    comma lists that YAML, which reads the other values (``robustsim train``'s ``--set``), leaves as text."""
     parts = text.split(",")
     try:
         vals = [int(p) for p in parts]
@@ -56,17 +57,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the new parameters' initialisation")
     ap.add_argument("--out", required=True, help="the new .safetensors")
     args = ap.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            ap.error(f"--set takes KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = parse_value(value.strip())
-    if not overrides:
-        ap.error("give at least one --set KEY=VALUE: without a change there is nothing to transplant")
     import robustsim
     from robustsim import hub
-    from robustsim.errors import RobustsimError
+    from robustsim.cli.train import parse_overrides
+    from robustsim.errors import InputError, RobustsimError
+
+    try:
+        overrides = {k: parse_value(v.strip()) if isinstance(v, str) else v
+                     for k, v in parse_overrides(args.set).items()}
+    except InputError as e:
+        ap.error(str(e))
+    if not overrides:
+        ap.error("give at least one --set KEY=VALUE: without a change there is nothing to transplant")
 
     try:
         source = robustsim.load(args.source)
