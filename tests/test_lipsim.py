@@ -43,6 +43,8 @@ def test_cpu_default_is_small_and_fast_shaped():
     (dict(embed_dim=10_000), "exceeds"),
     (dict(channels=8), "channels"),
     (dict(kernel_size=4), "odd"),
+    (dict(blur=2), "blur must be an odd"),
+    (dict(blur=3, pool=()), "no pool"),
 ])
 def test_bad_configs(bad, match):
     with pytest.raises(InputError, match=match):
@@ -101,12 +103,13 @@ def test_hub_loads_official_checkpoint_and_checks_architecture(shared_dir, monke
     wscale=st.floats(0.1, 3.0),
     seed=st.integers(0, 2**16),
     adversarial=st.booleans(),
+    blur=st.sampled_from([1, 3]),
 )
-def test_random_networks_are_1_lipschitz(stem, conv_depth, conv_inner, linear_depth, wscale, seed, adversarial):
+def test_random_networks_are_1_lipschitz(stem, conv_depth, conv_inner, linear_depth, wscale, seed, adversarial, blur):
     torch.manual_seed(seed)
     cfg = LipSimConfig(input_size=16, stem=stem, channels=48, conv_depth=conv_depth, conv_inner=conv_inner,
-                       pool=(2,) if stem == "unshuffle4" else (2, 2), linear_depth=linear_depth, linear_inner=12,
-                       embed_dim=30)
+                       pool=(2,) if stem == "unshuffle4" else (2, 2), blur=blur, linear_depth=linear_depth,
+                       linear_inner=12, embed_dim=30)
     net = lipsim_mod.LipSimNetwork(cfg).double().eval()
     with torch.no_grad():
         for p in net.parameters():

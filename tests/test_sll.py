@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from robustsim.lipschitz import (
-    InvertibleDownsample, PadChannels, SLLConv2d, SLLLinear, SumPool2d, Truncate, adjoint_conv2d, clear_caches,
+    BinomialBlur2d, InvertibleDownsample, PadChannels, SLLConv2d, SLLLinear, SumPool2d, Truncate, adjoint_conv2d,
+    clear_caches,
 )
 from robustsim.lipschitz import sll as sll_mod
 
@@ -275,6 +277,45 @@ def test_parameter_free_layers_have_norm_one():
         unsh(torch.rand(1, 3, 5, 5))
     with pytest.raises(ValueError, match="channels"):
         pad(torch.rand(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_binomial_blur_is_the_normalised_binomial_filter_and_a_contraction(size):
+    x = torch.rand(2, 3, 9, 9, dtype=torch.float64)
+    row = torch.tensor([math.comb(size - 1, i) for i in range(size)], dtype=torch.float64)
+    k = torch.outer(row, row) / row.sum() ** 2
+    ref = F.conv2d(x, k.expand(3, 1, size, size), padding=size // 2, groups=3)
+    blur = BinomialBlur2d(size)
+    assert torch.allclose(blur(x), ref, atol=1e-15)
+    norm = _jacobian_norm(lambda t: blur(t[None])[0], x[0])
+    assert 0.9 < norm <= 1 + 1e-12  # <= ||k||_1 = 1 (Young); near 1 because smooth images pass
+    assert torch.equal(BinomialBlur2d(1)(x), x)
+    with pytest.raises(ValueError, match="odd"):
+        BinomialBlur2d(2)
+
+
+def test_blur_before_pool_makes_pooled_features_shift_tolerant():
+    """Why the blur exists: a one-cell shift changes 2×2-pooled features less after blurring."""
+    x = torch.randn(8, 4, 34, 34, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, b = x[..., 1:33, 1:33], x[..., 1:33, 2:34]  # the same map shifted by one cell
+
+    def change(f):
+        return float((f(a) - f(b))[..., 2:-2, 2:-2].norm() / f(a)[..., 2:-2, 2:-2].norm())
+
+    pool, blurred = SumPool2d(2), (lambda t: SumPool2d(2)(BinomialBlur2d(3)(t)))
+    assert change(pool) > 0.9 and change(blurred) < 0.8 * change(pool)  # white noise: the least it gains
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), size=st.sampled_from([3, 5]), scale=st.sampled_from([1e-3, 1.0, 1e3]))
+def test_blur_float_error_terms_bound_the_float32_error(seed, size, scale):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(4, 5, 8, 8, generator=gen) * scale).float()
+    blur = BinomialBlur2d(size)
+    err = (blur(x).double() - blur(x.double())).flatten(1).norm(dim=1)
+    a, b = blur.float_error_terms(tuple(x.shape[1:]), torch.float32)
+    assert torch.all(err <= a * x.double().flatten(1).norm(dim=1) + b)
+    assert 0 < a < 1e-5
 
 
 # ---------------------------------------------------------------- Lipschitz property (hypothesis)

@@ -1,11 +1,11 @@
-"""Parameter-free 1-Lipschitz (l2) building blocks: channel padding, sum pooling, invertible
-downsampling, truncation. Each has operator norm exactly 1 (padding, downsampling and flattening are
-isometries; pooling and truncation are contractions with norm 1).
+"""Parameter-free 1-Lipschitz (l2) building blocks: channel padding, sum pooling, binomial blur,
+invertible downsampling, truncation. Each has operator norm at most 1 (padding, downsampling and
+flattening are isometries; pooling, blur and truncation are contractions).
 
 Each also states its floating-point error (``float_error_terms(in_shape, dtype) -> (a, b)``: the
 computed output at a computed input x is within ``a·||x|| + b`` of the exact output), which
-``robustsim.certify.rounding`` sums over a network. Only the sum pool rounds; the others move or
-drop numbers and are exact.
+``robustsim.certify.rounding`` sums over a network. Only the sum pool and the blur round; the others
+move or drop numbers and are exact.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PadChannels", "SumPool2d", "InvertibleDownsample", "Truncate", "Flatten"]
+__all__ = ["PadChannels", "SumPool2d", "BinomialBlur2d", "InvertibleDownsample", "Truncate", "Flatten"]
 
 
 class _Exact:
@@ -72,6 +72,60 @@ class SumPool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, divisor={self.kernel_size}"
+
+
+class BinomialBlur2d(nn.Module):
+    """Per-channel binomial low-pass, zero padded, same size: the anti-aliasing filter put before a pool.
+
+    Why: a k×k sum pool after convolutions is not shift-tolerant (a one-cell shift of the feature map
+    moves half of every 2×2 window's mass); blurring first spreads each cell over neighbouring windows,
+    as in Zhang (ICML 2019), so small translations move the pooled features much less. The kernel is
+    b·bᵀ with b the binomial row of length ``size`` normalised to sum 1 ([1, 2, 1]/4 for size 3). It is
+    nonnegative with entries summing to 1, so by Young's inequality ||k * x|| <= ||k||₁·||x|| = ||x||:
+    1-Lipschitz, no learned parameter, nothing to rescale.
+    """
+
+    def __init__(self, size: int = 3):
+        super().__init__()
+        size = int(size)
+        if size < 1 or size % 2 != 1:
+            raise ValueError(f"BinomialBlur2d size must be odd and >= 1, got {size}")
+        self.size = size
+        row = [math.comb(size - 1, i) / 2 ** (size - 1) for i in range(size)]
+        #: (size, size) weights, dyadic rationals (exact in float32 and float64 for size <= 25)
+        self.taps = [[a * b for b in row] for a in row]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"BinomialBlur2d expects N×C×H×W input, got shape {tuple(x.shape)}")
+        s, r = self.size, self.size // 2
+        if s == 1:
+            return x
+        h, w = x.shape[-2:]
+        xp = F.pad(x, (r, r, r, r))
+        # An explicit sum of shifted copies (not a convolution kernel that might use Winograd), so the
+        # float error is that of a plain sum of s² products, which float_error_terms bounds.
+        out = None
+        for i in range(s):
+            for j in range(s):
+                term = xp[..., i:i + h, j:j + w] * self.taps[i][j]
+                out = term if out is None else out + term
+        return out
+
+    def float_error_terms(self, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[float, float]:
+        """Each output is a sum of s² products k_ij·x (Higham: error <= γ(s²)·Σ k_ij|x|, products rounded
+        or not, any order), and x -> Σ k_ij|x| is this blur applied to |x|, whose norm is <= ||x||: so
+        a = γ(s²), taken as γ(s² + 1) for slack; b covers underflow."""
+        from .sll import gamma
+
+        if self.size == 1:
+            return 0.0, 0.0
+        fi = torch.finfo(dtype)
+        n = self.size**2 + 1
+        return gamma(n, fi.eps / 2) * (1 + 1e-9), fi.tiny * n * math.sqrt(math.prod(in_shape))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
 
 
 class InvertibleDownsample(_Exact, nn.Module):

@@ -1,8 +1,8 @@
 """LipSim (Ghazanfari et al., ICLR 2024): a 1-Lipschitz embedding compared with cosine distance.
 
 The network g is built only from 1-Lipschitz (l2) pieces (``robustsim.lipschitz``): a stem
-(zero channel padding, optionally after invertible downsampling), SLL convolutions, sum pooling,
-flattening, SLL dense layers and truncation. The embedding is g(x)/||g(x)|| and d = 1 - cos; because
+(zero channel padding, optionally after invertible downsampling), SLL convolutions, sum pooling
+(optionally after a binomial blur), flattening, SLL dense layers and truncation. The embedding is g(x)/||g(x)|| and d = 1 - cos; because
 ||g(x) - g(y)|| <= ||x - y||, distances and 2AFC decisions can be certified (``robustsim.certify``).
 
 Two kinds of configuration (:class:`LipSimConfig`):
@@ -14,8 +14,8 @@ Two kinds of configuration (:class:`LipSimConfig`):
 * **CPU-friendly** ones, e.g. :data:`CPU_DEFAULT`: a PixelUnshuffle stem (``stem="unshuffle4"``:
   3×128×128 -> 48×32×32, an isometry), a few SLL convolutions at that reduced resolution, one sum
   pool to a small grid, and a few dense layers (about 3.7 M parameters, 15 MB in float32). The shipped
-  ``lipsim-default`` (v6) is this with a 2×2 pool, two dense layers of inner width 128 and no truncation
-  (3.26 M parameters, 12 288 output coordinates); its file carries its configuration.
+  ``lipsim-default`` (v7) is this with a 3×3 binomial blur and a 2×2 pool, two dense layers of inner width
+  128 and no truncation (3.26 M parameters, 12 288 output coordinates); its file carries its configuration.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from torch import nn
 
 from .. import hub
 from ..errors import InputError, WeightsError
-from ..lipschitz.layers import Flatten, InvertibleDownsample, PadChannels, SumPool2d, Truncate
+from ..lipschitz.layers import BinomialBlur2d, Flatten, InvertibleDownsample, PadChannels, SumPool2d, Truncate
 from ..lipschitz.sll import SLLConv2d, SLLLinear
 from .embedding import EmbeddingMetric
 
@@ -48,6 +48,8 @@ class LipSimConfig:
         channels: C, the width of the convolutional part.
         conv_depth, conv_inner, kernel_size: number of SLL convolutions, their inner dimension and kernel.
         pool: sum-pool factors applied in turn after the convolutions (official: 4, 4).
+        blur: side of a fixed binomial low-pass (``BinomialBlur2d``) put before each pool for shift
+            tolerance; 1 = none (official, and every model before v7).
         linear_depth, linear_inner: number of SLL dense layers and their inner dimension.
         embed_dim: E, the number of leading coordinates kept (the teacher's dimension).
     """
@@ -59,6 +61,7 @@ class LipSimConfig:
     conv_inner: int = 5
     kernel_size: int = 3
     pool: Tuple[int, ...] = (4, 4)
+    blur: int = 1
     linear_depth: int = 7
     linear_inner: int = 1024
     embed_dim: int = 1792
@@ -75,6 +78,10 @@ class LipSimConfig:
             raise InputError("LipSim conv_depth and linear_depth must be >= 0")
         if self.kernel_size % 2 != 1:
             raise InputError(f"LipSim kernel_size must be odd, got {self.kernel_size}")
+        if int(self.blur) < 1 or int(self.blur) % 2 != 1:
+            raise InputError(f"LipSim blur must be an odd size >= 1 (1 = no blur), got {self.blur}")
+        if self.blur > 1 and not self.pool:
+            raise InputError(f"LipSim blur={self.blur} filters before each pool, but this network has no pool")
         s = self.stem_factor
         if self.channels < 3 * s * s:
             raise InputError(f"LipSim stem {self.stem} gives {3 * s * s} channels, more than channels={self.channels}")
@@ -144,7 +151,10 @@ class LipSimNetwork(nn.Module):
         self.convs = nn.Sequential(
             *[SLLConv2d(config.channels, config.conv_inner, config.kernel_size) for _ in range(config.conv_depth)]
         )
-        self.pool = nn.Sequential(*[SumPool2d(p) for p in config.pool])
+        self.pool = nn.Sequential(*[
+            layer for p in config.pool
+            for layer in ([BinomialBlur2d(config.blur)] if config.blur > 1 else []) + [SumPool2d(p)]
+        ])
         self.flatten = Flatten()
         self.linears = nn.Sequential(*[SLLLinear(config.features, config.linear_inner) for _ in range(config.linear_depth)])
         self.truncate = Truncate(config.embed_dim)
@@ -259,14 +269,15 @@ def _spec(size: str) -> hub.ModelSpec:
     )
 
 
-#: The shipped default (docs/MODELS.md, "lipsim-default v6"): the effnet-distilled model below fine-tuned
+#: The shipped default (docs/MODELS.md, "lipsim-default v7"): the effnet-distilled model below fine-tuned
 #: with the radius hinge on judge-labelled training triplets (v5: configs/shipped_v7_radius050_12k.yaml to
 #: shipped_v12_radius075_36k.yaml, the last two averaged), then its stem and convolutions moved into a network
-#: that pools 2×2 (scripts/transplant_weights.py) and trained on at radius 0.75, 0.5 and 0.25
-#: (configs/shipped_v15_pool2.yaml to shipped_v17_pool2_radius025.yaml); inside the package so it works
+#: that pools 2×2 (scripts/transplant_weights.py) and trained on at radius 0.75 and 0.5
+#: (configs/shipped_v15_pool2.yaml, shipped_v16_pool2_radius050.yaml), then given a 3×3 binomial blur before the
+#: pool and trained on at radius 0.5 (configs/shipped_v23_blur3_radius050.yaml); inside the package so it works
 #: offline. Its sha256 is pinned; retraining changes it (update both).
 DEFAULT_ASSET = "lipsim_default.safetensors"
-DEFAULT_SHA256 = "094768cf50ff92bfc0fdc0fd3c6f307791c7dbfca9865a97d0736f4ba7996ee7"
+DEFAULT_SHA256 = "0da52663338460b695ab106d93cd918dc93c42fb1738f713005f42f400f4ae62"
 #: The default until v2: a CPU LipSim distilled from EfficientNet-Lite0 (docs/MODELS.md, second card).
 EFFNET_ASSET = "lipsim_effnet.safetensors"
 EFFNET_SHA256 = "3dcf7222e911a2995a63ee328226c8be44932a5fef330b2d1679fe5ab942a1c9"
@@ -327,7 +338,8 @@ def build_official(spec: hub.ModelSpec, weights=None, trunk_weights=None, size: 
     path = hub.fetch(spec.weights["main"], weights)
     metric = _load_weights_file(path, embed_dim)
     want, got = OFFICIAL[size], metric.cfg
-    for name in ("input_size", "stem", "channels", "conv_depth", "conv_inner", "kernel_size", "pool", "linear_depth"):
+    for name in ("input_size", "stem", "channels", "conv_depth", "conv_inner", "kernel_size", "pool", "blur",
+                 "linear_depth"):
         if getattr(want, name) != getattr(got, name):
             raise WeightsError(
                 f"{path} is not a LipSim-{size} checkpoint: {name} is {getattr(got, name)}, "
