@@ -4,9 +4,9 @@ fallback for other certified metrics, and the precision guard.
 The argument (LipSim networks, ``bounded_features``)
 ----------------------------------------------------
 Write the metric as g = φ_L ∘ … ∘ φ_1 ∘ R (R the resize, φ_l the layers: stem, SLL convolutions,
-binomial blurs, sum pools, flatten, SLL dense layers, truncation). The reference is the *exact* network g* whose SLL
-layers use a rescaling t* <= t computed in float64 with a proven margin (``sll.exact_parts``); the SLL
-condition only gets easier when t shrinks, so every φ_l of g* is 1-Lipschitz in exact arithmetic.
+binomial blurs, sum pools, flatten, SLL dense layers, truncation). The reference is the *exact* network g*
+whose SLL layers use a rescaling t* <= t computed in float64 with a proven margin (``sll.exact_parts``); the
+SLL condition only gets easier when t shrinks, so every φ_l of g* is 1-Lipschitz in exact arithmetic.
 Let ã_l be the computed activations and e_l = ||ã_l - φ_l(ã_{l-1})|| the local rounding error of
 layer l at its computed input. Because each exact suffix φ_L ∘ … ∘ φ_{l+1} is 1-Lipschitz,
 

@@ -79,7 +79,7 @@ class BinomialBlur2d(nn.Module):
 
     Why: a k×k sum pool after convolutions is not shift-tolerant (a one-cell shift of the feature map
     moves half of every 2×2 window's mass); blurring first spreads each cell over neighbouring windows,
-    as in Zhang (ICML 2019), so small translations move the pooled features much less. The kernel is
+    as in Zhang (ICML 2019), so small translations move the pooled features less. The kernel is
     b·bᵀ with b the binomial row of length ``size`` normalised to sum 1 ([1, 2, 1]/4 for size 3). It is
     nonnegative with entries summing to 1, so by Young's inequality ||k * x|| <= ||k||₁·||x|| = ||x||:
     1-Lipschitz, no learned parameter, nothing to rescale.

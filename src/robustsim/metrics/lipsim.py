@@ -2,8 +2,9 @@
 
 The network g is built only from 1-Lipschitz (l2) pieces (``robustsim.lipschitz``): a stem
 (zero channel padding, optionally after invertible downsampling), SLL convolutions, sum pooling
-(optionally after a binomial blur), flattening, SLL dense layers and truncation. The embedding is g(x)/||g(x)|| and d = 1 - cos; because
-||g(x) - g(y)|| <= ||x - y||, distances and 2AFC decisions can be certified (``robustsim.certify``).
+(optionally after a binomial blur), flattening, SLL dense layers and truncation. The embedding is
+g(x)/||g(x)|| and d = 1 - cos; because ||g(x) - g(y)|| <= ||x - y||, distances and 2AFC decisions can be
+certified (``robustsim.certify``).
 
 Two kinds of configuration (:class:`LipSimConfig`):
 
