@@ -26,6 +26,15 @@ class _Exact:
         return 0.0, 0.0
 
 
+def _sum_error_terms(n: int, in_shape: Tuple[int, ...], dtype: torch.dtype) -> Tuple[float, float]:
+    """(a, b) for a layer whose outputs are sums of at most n products (any order) with nonnegative weights of
+    l1 norm <= 1: a = γ_n (rounded up a hair), b covers underflow over the tensor."""
+    from .sll import gamma
+
+    fi = torch.finfo(dtype)
+    return gamma(n, fi.eps / 2) * (1 + 1e-9), fi.tiny * n * math.sqrt(math.prod(in_shape))
+
+
 class PadChannels(_Exact, nn.Module):
     """Zero-pad the channel dimension from ``in_channels`` to ``out_channels`` (an isometry)."""
 
@@ -64,11 +73,7 @@ class SumPool2d(nn.Module):
         """Each output is a sum of k² inputs (any order) then a division by k (or a product with a rounded
         1/k): error <= γ(k²+2)·(Σ|x|)/k per output, and ||(Σ_window |x|)/k|| <= ||x|| (disjoint windows,
         Cauchy-Schwarz), so a = γ(k²+2); b covers underflow."""
-        from .sll import gamma
-
-        fi = torch.finfo(dtype)
-        k2 = self.kernel_size**2
-        return gamma(k2 + 2, fi.eps / 2) * (1 + 1e-9), fi.tiny * (k2 + 2) * math.sqrt(math.prod(in_shape))
+        return _sum_error_terms(self.kernel_size**2 + 2, in_shape, dtype)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, divisor={self.kernel_size}"
@@ -116,13 +121,9 @@ class BinomialBlur2d(nn.Module):
         """Each output is a sum of s² products k_ij·x (Higham: error <= γ(s²)·Σ k_ij|x|, products rounded
         or not, any order), and x -> Σ k_ij|x| is this blur applied to |x|, whose norm is <= ||x||: so
         a = γ(s²), taken as γ(s² + 1) for slack; b covers underflow."""
-        from .sll import gamma
-
         if self.size == 1:
             return 0.0, 0.0
-        fi = torch.finfo(dtype)
-        n = self.size**2 + 1
-        return gamma(n, fi.eps / 2) * (1 + 1e-9), fi.tiny * n * math.sqrt(math.prod(in_shape))
+        return _sum_error_terms(self.size**2 + 1, in_shape, dtype)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
