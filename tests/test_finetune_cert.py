@@ -174,3 +174,76 @@ def test_model_arch_beside_name_reconfigures_the_loaded_weights(tmp_path):
     recipe.cfg.model.arch = {"linear_inner": 16}
     with pytest.raises(InputError, match="changes parameter 'encoder.linears"):
         recipe.build(torch.device("cpu"))
+
+
+def _adv_recipe(tmp_path, eps: float, adv_eps: float, steps: int = 3, weight: float = 1.0) -> FinetuneRecipe:
+    recipe = _recipe(tmp_path, 0.0, eps)
+    lc = recipe.cfg.loss
+    lc.radius_hinge, lc.adv_eps, lc.adv_steps, lc.adv_weight = True, adv_eps, steps, weight
+    return recipe
+
+
+@pytest.mark.parametrize("bad, match", [({"adv_eps": 0.5}, "needs loss.radius_hinge"),
+                                         ({"radius_hinge": True, "adv_eps": -0.1}, "adv_eps"),
+                                         ({"radius_hinge": True, "adv_eps": 0.5, "adv_steps": 0}, "adv_steps")])
+def test_adversarial_radius_hinge_refuses_bad_settings(tmp_path, bad, match):
+    recipe = _recipe(tmp_path, 0.0, 0.5)
+    for k, v in bad.items():
+        setattr(recipe.cfg.loss, k, v)
+    with pytest.raises(InputError, match=match):
+        recipe.setup(None)
+
+
+def test_attacked_reference_stays_in_budget_and_lowers_the_radius_more_than_noise(tmp_path):
+    metric = _tiny_lipsim(8)
+    ref, x0, x1 = _triplets(16, 8)
+    ref = 0.25 + 0.5 * ref  # room inside [0, 1] for the budget
+    cert = certify.two_afc(metric, ref, x0, x1, float_error=0.0)
+    near = cert.closer.bool()  # the metric's own decision: every radius starts >= 0
+    recipe = _adv_recipe(tmp_path, 0.1, 0.3)
+    with torch.no_grad():
+        e0, e1 = metric.embed(x0), metric.embed(x1)
+    moved = recipe.attack_reference(metric, ref, e0, e1, near, 1.0)
+    delta = (moved - ref).flatten(1).norm(dim=1)
+    assert bool((delta <= 0.3 * (1 + 1e-5)).all()) and bool((delta > 0.29).all())
+    assert float(moved.min()) >= 0 and float(moved.max()) <= 1
+    noise = torch.randn_like(ref)
+    noise = ref + 0.3 * noise / noise.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        r = {k: recipe._radius(metric.raw_features(t), e0, e1, near, 1.0) for k, t in
+             (("clean", ref), ("attacked", moved), ("noise", noise))}
+    torch.testing.assert_close(r["clean"].double(), cert.radius, rtol=1e-4, atol=1e-6)
+    assert bool((r["attacked"] < r["clean"]).all())
+    assert bool((r["attacked"] < r["noise"]).all())
+
+
+def test_adversarial_radius_hinge_adds_the_hinge_at_the_attacked_reference_and_keeps_the_attack_out_of_the_gradients(tmp_path):
+    """loss = mean(max(0, ε - r(ref)) + w·max(0, ε - r(ref + δ))), δ the (deterministic) PGD result, and its
+    parameter gradients are those of that formula with δ fixed: the attack's own backward passes add nothing."""
+    metric = _tiny_lipsim(9).train()
+    ref, x0, x1 = _triplets(8, 9)
+    judge = torch.tensor([1.0, 0, 1, 0, 1, 1, 0, 0])
+    eps = 0.4
+    recipe = _adv_recipe(tmp_path, eps, 0.2, steps=2, weight=0.7)
+    metric.zero_grad()
+    loss, logs = recipe.loss(metric, (ref, x0, x1, judge))  # any gradient its attack left would stay in .grad
+    loss.backward()
+    got = [p.grad.clone() for p in metric.parameters()]
+
+    near = judge > 0.5
+    metric.zero_grad()
+    g = metric.raw_features(torch.cat([x0, x1]))
+    e0, e1 = torch.nn.functional.normalize(g, dim=1).chunk(2)
+    moved = recipe.attack_reference(metric, ref, e0, e1, near, 1.0)
+    metric.zero_grad()
+    g = metric.raw_features(torch.cat([ref, x0, x1]))
+    e0, e1 = torch.nn.functional.normalize(g[8:], dim=1).chunk(2)
+    clean = recipe._radius(g[:8], e0, e1, near, 1.0)
+    attacked = recipe._radius(metric.raw_features(moved), e0, e1, near, 1.0)
+    want = (torch.relu(eps - clean) + 0.7 * torch.relu(eps - attacked)).mean()
+    want.backward()
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+    assert (attacked < clean).all() and float(want) > float(torch.relu(eps - clean).mean())
+    for a, b in zip(got, (p.grad for p in metric.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert logs["adv_acc"] == float((attacked >= eps).float().mean())

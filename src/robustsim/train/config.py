@@ -155,6 +155,13 @@ class LossSection:
     # pixel units; ``margin`` is unused. The margin in 1 - cos is a radius demand of margin·G/(K·C), pixels
     # beyond what most triplets allow, which a 1-Lipschitz g can only meet by shrinking ||g||
     radius_hinge: bool = False
+    # > 0 (needs radius_hinge): add the radius hinge at an attacked reference, max(0, cert_eps - r(ref + δ)),
+    # δ from ``adv_steps`` l2 PGD steps of size adv_eps that lower the radius r. The certificate assumes the
+    # worst gain (1) in every direction; an attacker finds less (about 0.85 for lipsim-default v7), and only
+    # this term rewards the network for lowering it. ``adv_weight`` scales the term.
+    adv_eps: float = 0.0
+    adv_steps: int = 2
+    adv_weight: float = 1.0
 
 
 @dataclass

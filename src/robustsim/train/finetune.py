@@ -26,6 +26,13 @@ image); g can only meet it by shrinking G, which is what costs robustness. The r
 and no constant g minimises it (a collapsed g has radius 0). Dropping the margin from the certified hinge
 instead (m = 0) does collapse: every hinge then vanishes as C -> 0.
 
+Adversarial radius hinge (``loss.adv_eps`` > 0, with the radius hinge): the same hinge again at a reference
+moved by ``adv_steps`` l2 PGD steps (budget adv_eps) that lower its radius, weighted by ``adv_weight``. Why:
+the certified radius assumes the network stretches a perturbation by its Lipschitz constant in every
+direction, so the radius hinge cannot see how much less an attacker actually gets; this term can, and it
+pays the network for contracting the directions attacks use. The attack's steps differentiate only
+through the perturbation (``torch.autograd.grad``), never into the parameters' gradients.
+
 The judgment j (fraction preferring x1) picks near = x1 when j > 0.5, else x0; with
 ``loss.agreement_weight`` each triplet's hinge is weighted by |2j - 1|, so triplets the judges split on
 (soft labels from ``consensus_only: false``) count less. Any embedding metric can be fine-tuned (a LipSim
@@ -92,6 +99,13 @@ class FinetuneRecipe(Recipe):
             raise InputError(f"loss.cert_eps must be >= 0, got {self.cfg.loss.cert_eps}")
         if self.cfg.loss.radius_hinge and self.cfg.loss.cert_eps <= 0:
             raise InputError("loss.radius_hinge needs loss.cert_eps > 0: the certified radius to ask for, in l2 pixels")
+        lc = self.cfg.loss
+        if lc.adv_eps < 0 or lc.adv_steps < 1 or lc.adv_weight < 0:
+            raise InputError(f"loss.adv_eps and loss.adv_weight must be >= 0 and loss.adv_steps >= 1, got "
+                             f"{lc.adv_eps}, {lc.adv_weight}, {lc.adv_steps}")
+        if lc.adv_eps > 0 and not lc.radius_hinge:
+            raise InputError("loss.adv_eps needs loss.radius_hinge: the attacked term is the radius hinge at the "
+                             "attacked reference")
         self._data = build_triplets(self.cfg.data, self.cfg.seed)
 
     def dataset(self):
@@ -119,6 +133,37 @@ class FinetuneRecipe(Recipe):
             p.requires_grad_(True)
         return metric
 
+    @staticmethod
+    def _radius(g_ref: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor, x1_near: torch.Tensor, K: float):
+        """Signed exact 2AFC radius G·M/(K·C) of each reference feature g_ref against the unit e0, e1."""
+        G = g_ref.norm(dim=1)
+        er = F.normalize(g_ref, dim=1, eps=NORM_EPS)
+        d0 = (er - e0).pow(2).sum(1) / 2
+        d1 = (er - e1).pow(2).sum(1) / 2
+        margin = torch.where(x1_near, d0 - d1, d1 - d0)
+        chord = torch.where(x1_near[:, None], e1 - e0, e0 - e1).norm(dim=1)
+        return G * margin / (K * chord.clamp_min(1e-6))
+
+    def attack_reference(self, module: nn.Module, ref: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor,
+                         x1_near: torch.Tensor, K: float) -> torch.Tensor:
+        """ref + δ, ||δ|| <= adv_eps, in [0, 1]: l2 PGD (normalised steps of 2.5·adv_eps/adv_steps) lowering
+        each triplet's radius, with e0, e1 held fixed. Gradients reach δ only."""
+        lc = self.cfg.loss
+        eps, step = float(lc.adv_eps), 2.5 * float(lc.adv_eps) / lc.adv_steps
+        delta = torch.zeros_like(ref)
+        e0, e1 = e0.detach(), e1.detach()
+        for _ in range(lc.adv_steps):
+            delta.requires_grad_(True)
+            r = self._radius(module.raw_features_checked(ref + delta).float(), e0, e1, x1_near, K)
+            (grad,) = torch.autograd.grad(r.sum(), delta)
+            with torch.no_grad():
+                gn = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                delta = delta - step * grad / gn
+                dn = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+                delta = delta * (eps / dn.clamp_min(eps))  # onto the ball
+                delta = (ref + delta).clamp(0, 1) - ref  # and into the image box
+        return (ref + delta).detach()
+
     def loss(self, module: nn.Module, batch):
         ref, x0, x1, judge = batch
         n = ref.shape[0]
@@ -141,9 +186,15 @@ class FinetuneRecipe(Recipe):
         if cert_eps > 0:
             chord = torch.where(x1_near[:, None], e1 - e0, e0 - e1).norm(dim=1)
             need = need + cert_eps * K * chord / G.clamp_min(1e-6)
+        adv = None
         if self.cfg.loss.radius_hinge:
             radius = G * (d_far - d_near) / (K * chord.clamp_min(1e-6))
             hinge = torch.relu(cert_eps - radius)
+            if self.cfg.loss.adv_eps > 0:
+                moved = self.attack_reference(module, ref, e0, e1, x1_near, K)
+                r_adv = self._radius(module.raw_features_checked(moved).float(), e0, e1, x1_near, K)
+                adv = torch.relu(cert_eps - r_adv)
+                hinge = hinge + self.cfg.loss.adv_weight * adv
         else:
             hinge = torch.relu(need - (d_far - d_near))
         if self.cfg.loss.agreement_weight:
@@ -157,6 +208,8 @@ class FinetuneRecipe(Recipe):
             if cert_eps > 0:  # share of triplets whose certified radius already reaches cert_eps
                 logs["cert_acc"] = float((need - self.cfg.loss.margin <= d_far - d_near).float().mean())
                 logs["median_G"] = float(G.median())
+            if adv is not None:  # share of attacked references whose radius still reaches cert_eps
+                logs["adv_acc"] = float((adv == 0).float().mean())
         return loss, logs
 
     def export(self, module: nn.Module, out_dir: Path) -> Path:
