@@ -3,18 +3,22 @@
 
     python scripts/probe_branch.py --out docs/probe_branch/pixels                 # pixels (lipsim-default, 500 triplets)
     python scripts/probe_branch.py --branch rest --sines 0,0.1,0.2,0.3,0.5,0.7,1 --out docs/probe_branch/rest
+    python scripts/probe_branch.py --metric A --branch metric --other B --sines 0,0.55,0.71,0.84,1 --out OUT
 
 Why: the plain l2 distance on pixels keeps about half of the held-out judged triplets under APGD at
 ε = 1 (docs/MODELS.md), where the shipped LipSim keeps under a third, because its pooling, dense layers
 and truncation contract most pixel directions. The cheapest way to hand robustness to the learned metric,
-without training, is to append features to its vector g (1-Lipschitz). Two branches:
+without training, is to append features to its vector g (1-Lipschitz). Three branches:
 
 * ``pixels``: P_k(x) = k · avgpool_k(x - 1/2), the projection onto k×k-block-constant images (1-Lipschitz),
   and h_θ(x) = [cos θ · g(x), sin θ · P_k(x)], 1-Lipschitz for every θ (||h(x) - h(y)||² <=
   (cos² θ + sin² θ)||x - y||²); sin θ = 1, k = 1 is the pixel cosine;
 * ``rest``: the coordinates the LipSim network computes beyond its ``embed_dim`` (which its Truncate layer
   drops), h_s(x) = [g(x), s · rest(x)]: for s <= 1 a contraction of the untruncated output, so 1-Lipschitz;
-  s = 1 is the network without truncation.
+  s = 1 is the network without truncation;
+* ``metric``: another certified metric's raw features g₂ (``--other``), h_θ = [cos θ · g, sin θ · g₂], 1-Lipschitz
+  when both are: a two-network ensemble, which agrees more than either member only if they err on different
+  triplets. sin θ = 1 is the other metric alone.
 
 Either way the cosine distance of h has the certificate of :func:`robustsim.certify.geometry.two_afc_bounds`
 (here in exact arithmetic: the float32 features are taken as exact, which is the paper's convention, not
@@ -72,17 +76,21 @@ def scores_and_radii(h_ref: torch.Tensor, h0: torch.Tensor, h1: torch.Tensor, ju
     return twoafc_scores(b["d0"], b["d1"], judge), b["radius"]
 
 
+BRANCHES = ("pixels", "rest", "metric")
+
+
 def frontier(feats: Dict[str, torch.Tensor], judge: torch.Tensor, pools: Sequence[int], sines: Sequence[float],
              eps: Sequence[float], branch: str = "pixels") -> List[dict]:
     """One row per (k, sin θ): natural agreement and certified share at each ε, in %.
 
     feats: ``g_ref, g0, g1`` (the metric's raw features), ``ref, x0, x1`` (the images, N×3×H×W) and, for
-    ``branch="rest"``, ``rest_ref, rest0, rest1`` (the coordinates past the truncation; ``pools`` unused, k = 0)."""
+    ``branch="rest"`` / ``"metric"``, ``rest_ref, rest0, rest1`` (the coordinates past the truncation, or the
+    other metric's features; ``pools`` unused, k = 0)."""
     from robustsim.evaluate.certified import certified_accuracy
     from robustsim.evaluate.twoafc import budget_key
 
-    if branch not in ("pixels", "rest"):
-        raise ValueError(f"branch must be 'pixels' or 'rest', got {branch!r}")
+    if branch not in BRANCHES:
+        raise ValueError(f"branch must be one of {', '.join(BRANCHES)}, got {branch!r}")
     rows = []
     for k in (pools if branch == "pixels" else [0]):
         if branch == "pixels":
@@ -151,10 +159,11 @@ def stage_gains(network, a: torch.Tensor, b: torch.Tensor) -> Dict[str, float]:
 
 
 def load_features(metric_name: str, n: int, seed: int, size: int, progress: bool,
-                  branch: str = "pixels") -> Dict[str, torch.Tensor]:
+                  branch: str = "pixels", other: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """The first ``n`` held-out judged triplets at ``size`` px, their judge labels, the metric and its raw
     features (float32 network, up-cast). The metric must take ``size`` natively: a resize inside it would
-    make g more than 1-Lipschitz in these pixels and the hybrid's certificate wrong."""
+    make g more than 1-Lipschitz in these pixels and the hybrid's certificate wrong. ``branch="metric"``
+    loads ``other`` under the same checks and stores its features as the rest."""
     from robustsim import load
     from robustsim.data.judged import JudgedPool
     from robustsim.evaluate.judged import Resized, native_size
@@ -162,12 +171,16 @@ def load_features(metric_name: str, n: int, seed: int, size: int, progress: bool
     pool = JudgedPool(size=64, split="heldout", seed=seed, per_window=2, progress=progress)
     suite = pool.suite_for(metric_name, n)
     ds = Resized(suite, size) if size != pool.size else suite
-    metric = load(metric_name)
-    if not getattr(metric, "certified", False) or not hasattr(metric, "raw_features"):
-        raise SystemExit(f"probe_branch: {metric_name} is not a certified embedding metric (e.g. lipsim-default)")
-    if native_size(metric, size) != size:
-        raise SystemExit(f"probe_branch: {metric_name} takes {native_size(metric, size)} px, not --size {size}: "
-                         "pass its native size")
+    def checked(name: str):
+        m = load(name)
+        if not getattr(m, "certified", False) or not hasattr(m, "raw_features"):
+            raise SystemExit(f"probe_branch: {name} is not a certified embedding metric (e.g. lipsim-default)")
+        if native_size(m, size) != size:
+            raise SystemExit(f"probe_branch: {name} takes {native_size(m, size)} px, not --size {size}: "
+                             "pass its native size")
+        return m
+
+    metric = checked(metric_name)
     items = [ds[i] for i in range(len(ds))]
     out = {n_: torch.stack([it[j] for it in items]) for j, n_ in enumerate(("ref", "x0", "x1"))}
     out["judge"] = torch.tensor([it[4] for it in items], dtype=torch.float64)
@@ -181,12 +194,18 @@ def load_features(metric_name: str, n: int, seed: int, size: int, progress: bool
         if net_cfg.embed_dim == net_cfg.features:
             raise SystemExit(f"probe_branch: {metric_name} keeps all {net_cfg.features} coordinates: no rest to add")
         nets["whole"] = with_config(metric, {"embed_dim": net_cfg.features}).eval()
+    if branch == "metric":
+        if not other:
+            raise SystemExit("probe_branch: --branch metric needs --other (a second certified metric)")
+        nets["other"] = checked(other).eval()
     with torch.no_grad():
         for prefix, net in nets.items():
             for name, key in (("ref", "_ref"), ("x0", "0"), ("x1", "1")):
                 f = torch.cat([net.raw_features(out[name][i:i + 50]) for i in range(0, len(items), 50)]).double()
                 if prefix == "g":
                     out["g" + key] = f
+                elif prefix == "other":
+                    out["rest" + key] = f
                 else:
                     out["rest" + key] = f[:, out["g_ref"].shape[1]:]
     out["metric"] = metric
@@ -197,6 +216,7 @@ def write(rows: List[dict], eps: Sequence[float], out: Path, command: str, n: in
           branch: str = "pixels", stages: Optional[Dict[str, Dict[str, float]]] = None) -> None:
     """probe.md (table) and probe.png (natural vs certified at the largest ε, one curve per k)."""
     pixels = branch == "pixels"
+    appended = {"rest": "the truncated coordinates", "metric": "a second metric"}.get(branch, "pixels")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,14 +225,15 @@ def write(rows: List[dict], eps: Sequence[float], out: Path, command: str, n: in
     from robustsim.evaluate.twoafc import budget_key
 
     keys = [budget_key(e) for e in eps]
-    what = ("hybrid [cos θ·g, sin θ·P_k] of the metric's features g and k-pooled pixels" if pixels else
-            "hybrid [g, s·rest] of the metric's features g and the coordinates its truncation drops")
+    what = {"pixels": "hybrid [cos θ·g, sin θ·P_k] of the metric's features g and k-pooled pixels",
+            "rest": "hybrid [g, s·rest] of the metric's features g and the coordinates its truncation drops",
+            "metric": "ensemble [cos θ·g, sin θ·g₂] of the metric's features g and a second metric's g₂"}[branch]
     lines = [f"Held-out judged suite, n = {n} (labels: consensus of the human-calibrated judges, not people); "
              f"{what}; certified share of the reference-perturbed 2AFC in exact arithmetic.", "",
-             ("| k | sin θ" if pixels else "| branch | s") + " | natural | " + " | ".join(f"certified ε={k_}" for k_ in keys) + " |",
+             {"pixels": "| k | sin θ", "rest": "| branch | s", "metric": "| branch | sin θ"}[branch] + " | natural | " + " | ".join(f"certified ε={k_}" for k_ in keys) + " |",
              "|---:|---:|---:|" + "---:|" * len(keys)]
     for r in rows:
-        label = (r["k"] if pixels else "rest") if r["sin"] else "—"
+        label = (r["k"] if pixels else {"rest": "rest", "metric": "g₂"}[branch]) if r["sin"] else "—"
         lines.append(f"| {label} | {r['sin']:g} | {r['natural']:.1f}% | "
                      + " | ".join(f"{r['certified'][k_]:.1f}%" for k_ in keys) + " |")
     lines += ["", "Gain of the metric's features, ||g(a) - g(b)|| / ||a - b|| (quantiles 10 / 50 / 90%): the most an "
@@ -231,12 +252,11 @@ def write(rows: List[dict], eps: Sequence[float], out: Path, command: str, n: in
     base = next(r for r in rows if r["sin"] == 0)
     for k in sorted({r["k"] for r in rows}):
         rs = [base] + [r for r in rows if r["k"] == k and r["sin"] > 0]
-        ax.plot([r["certified"][keys[-1]] for r in rs], [r["natural"] for r in rs], "o-", ms=3, label=f"pixels pooled {k}×{k}" if pixels else "untruncated coordinates")
+        ax.plot([r["certified"][keys[-1]] for r in rs], [r["natural"] for r in rs], "o-", ms=3, label=f"pixels pooled {k}×{k}" if pixels else appended)
     ax.plot([base["certified"][keys[-1]]], [base["natural"]], "k*", ms=12, label="the metric alone")
     ax.set_xlabel(f"certified 2AFC at ε = {keys[-1]} (%)")
     ax.set_ylabel("natural agreement with the judges (%)")
-    ax.set_title("Appending " + ("pixels" if pixels else "the truncated coordinates")
-                 + ": agreement vs certified robustness")
+    ax.set_title(f"Appending {appended}: agreement vs certified robustness")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -250,8 +270,10 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=500, help="held-out judged triplets (default 500)")
     ap.add_argument("--seed", type=int, default=0, help="draw of the held-out pool (default 0)")
     ap.add_argument("--size", type=int, default=128, help="side the metric sees (default 128)")
-    ap.add_argument("--branch", choices=("pixels", "rest"), default="pixels",
-                    help="what to append: k-pooled pixels, or the coordinates the network's truncation drops")
+    ap.add_argument("--branch", choices=BRANCHES, default="pixels",
+                    help="what to append: k-pooled pixels, the coordinates the network's truncation drops, or a "
+                         "second metric's features (--other)")
+    ap.add_argument("--other", help="the second certified metric of --branch metric (hub name or .safetensors)")
     ap.add_argument("--pools", default="1,2,4,8,16", help="pixel pooling factors k (comma list; pixels only)")
     ap.add_argument("--sines", default="0,0.02,0.05,0.1,0.2,0.3,0.5,1", help="sin θ (pixels) or s (rest) values in [0, 1] (comma list)")
     ap.add_argument("--eps", default="36/255,108/255,1", help="certified budgets, l2 in [0, 1] pixels (comma list; 36/255 allowed)")
@@ -271,7 +293,9 @@ def main(argv=None) -> int:
         ap.error(f"every pooling factor must be >= 1 and divide --size {args.size}")
     if any(not 0 <= s <= 1 for s in sines) or any(e <= 0 for e in eps) or args.n < 1 or args.n_gain < 1:
         ap.error("sin θ must lie in [0, 1], budgets must be > 0, --n and --n-gain >= 1")
-    feats = load_features(args.metric, args.n, args.seed, args.size, not args.quiet, args.branch)
+    if (args.branch == "metric") != bool(args.other):
+        ap.error("--other goes with --branch metric, and --branch metric needs --other")
+    feats = load_features(args.metric, args.n, args.seed, args.size, not args.quiet, args.branch, args.other)
     rows = frontier(feats, feats["judge"], pools, sines, eps, args.branch)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

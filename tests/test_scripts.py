@@ -266,6 +266,34 @@ def test_probe_rest_branch_at_full_scale_is_the_untruncated_network():
         mod.frontier(feats, judge, [1], [0.5], [0.01], branch="noise")
 
 
+def test_probe_metric_branch_is_a_one_lipschitz_ensemble_with_both_members_at_its_ends(tmp_path):
+    """branch "metric": h = [cos θ·g, sin θ·g₂] of two 1-Lipschitz networks contracts every pixel distance;
+    sin θ = 0 is the first metric's decisions and radii, sin θ = 1 the second's."""
+    mod = _script("probe_branch")
+    a, b = _tiny_lipsim(4), _tiny_lipsim(5, blur=3)
+    torch.manual_seed(3)
+    ref, x0, x1 = torch.rand(3, 12, 3, 16, 16)
+    judge = (torch.rand(12) > 0.5).double()
+    with torch.no_grad():
+        fa = [a.raw_features(t).double() for t in (ref, x0, x1)]
+        fb = [b.raw_features(t).double() for t in (ref, x0, x1)]
+    for s in (0.3, 0.8):
+        moved = (mod.hybrid(fa[1], fb[1], s) - mod.hybrid(fa[0], fb[0], s)).norm(dim=1)
+        assert bool((moved <= (x0 - ref).flatten(1).double().norm(dim=1) * (1 + 1e-6)).all())
+    feats = {"g_ref": fa[0], "g0": fa[1], "g1": fa[2], "rest_ref": fb[0], "rest0": fb[1], "rest1": fb[2]}
+    rows = mod.frontier(feats, judge, [1], [0.0, 0.5, 1.0], [0.01, 0.25], branch="metric")
+    assert [r["k"] for r in rows] == [0, 0, 0]
+    assert rows[0]["natural"] != rows[2]["natural"]  # the two members disagree here, so the ends are told apart
+    for row, f in ((rows[0], fa), (rows[2], fb)):
+        sc, rad = mod.scores_and_radii(*f, judge)
+        assert row["natural"] == pytest.approx(100 * float(sc.mean()))
+        for e in ("0.01", "0.25"):
+            assert row["certified"][e] == pytest.approx(100 * float((sc * (rad > float(e))).mean()))
+    for argv in (["--branch", "metric"], ["--other", "lipsim-default"]):  # refused before any data is loaded
+        with pytest.raises(SystemExit):
+            mod.main(argv + ["--out", str(tmp_path)])
+
+
 def test_transplant_weights_keeps_what_fits_and_builds_the_new_architecture(tmp_path, capsys):
     import robustsim
     from robustsim import hub
