@@ -188,8 +188,7 @@ class FinetuneRecipe(Recipe):
             need = need + cert_eps * K * chord / G.clamp_min(1e-6)
         adv = None
         if self.cfg.loss.radius_hinge:
-            radius = G * (d_far - d_near) / (K * chord.clamp_min(1e-6))
-            hinge = torch.relu(cert_eps - radius)
+            hinge = torch.relu(cert_eps - self._radius(g[:n], e0, e1, x1_near, K))
             if self.cfg.loss.adv_eps > 0:
                 moved = self.attack_reference(module, ref, e0, e1, x1_near, K)
                 r_adv = self._radius(module.raw_features_checked(moved).float(), e0, e1, x1_near, K)
