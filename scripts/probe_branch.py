@@ -171,6 +171,7 @@ def load_features(metric_name: str, n: int, seed: int, size: int, progress: bool
     pool = JudgedPool(size=64, split="heldout", seed=seed, per_window=2, progress=progress)
     suite = pool.suite_for(metric_name, n)
     ds = Resized(suite, size) if size != pool.size else suite
+
     def checked(name: str):
         m = load(name)
         if not getattr(m, "certified", False) or not hasattr(m, "raw_features"):
