@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 os.environ.setdefault("ROBUSTSIM_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,6 +54,23 @@ def result_ident(name: str, ident: dict) -> dict:
 
     pinned = {k: wf.sha256 for k, wf in hub.model_spec(name).weights.items() if wf.sha256}
     return {**ident, "weights_sha256": pinned} if pinned else ident
+
+
+def saved_result(name: str, saved: dict, want: dict) -> Optional[dict]:
+    """The saved result to table for ``name``, or None when it must be (re)evaluated.
+
+    A weights file that is not on this machine (``runs/`` is not in git) keeps its saved row when every setting
+    but the sha256 matches, so a card can be rebuilt on a fresh clone; the row's JSON keeps the sha256 it was
+    measured with. A file that is present must match its sha256 (``want`` then holds it)."""
+    got = saved.get("ident")
+    if got == want:
+        return saved["result"]
+    if got and "weights_sha256" not in want and name.endswith(".safetensors"):
+        if {k: v for k, v in got.items() if k != "weights_sha256"} == want:
+            print(f"{name}: not on this machine; reusing its saved result (sha256 {got.get('weights_sha256')})",
+                  file=sys.stderr)
+            return saved["result"]
+    return None
 
 
 def evaluate_one(name: str, pool, args) -> dict:
@@ -179,20 +197,30 @@ def main() -> int:
     from robustsim.data.judged import JudgedPool
 
     out = Path(args.out)
+    names = [m for m in args.metrics.split(",") if m]
+    lost = [m for m in names if m.endswith(".safetensors") and not Path(m).is_file()
+            and not (out / f"{display_name(m)}.json").is_file()]
+    if lost:  # before the pool is labelled: a typo should not cost minutes
+        print(f"error: no such weights file and no saved result in {out}: {', '.join(lost)}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     pool = JudgedPool(size=64, split="heldout", seed=args.seed, per_window=2, progress=not args.quiet)
     ident = {"n": args.n, "n_attack": args.n_attack, "steps": args.steps, "eps": args.eps, "seed": args.seed,
              "size": args.size, "pool": pool.cache_key}
     rows = []
-    for name in [m for m in args.metrics.split(",") if m]:
+    for name in names:
         saved = out / f"{display_name(name)}.json"
         got = json.loads(saved.read_text()) if saved.is_file() else {}
-        want = result_ident(name, ident)
-        if got.get("ident") != want:
-            got = {"ident": want, "result": evaluate_one(name, pool, args)}
-            saved.write_text(json.dumps(got, indent=1))
-        rows.append(got["result"])
-        r = got["result"]
+        missing = name.endswith(".safetensors") and not Path(name).is_file()
+        want = ident if missing else result_ident(name, ident)
+        r = saved_result(name, got, want)
+        if r is None and missing:
+            print(f"error: {name} does not exist and {saved} holds no result for these settings", file=sys.stderr)
+            return 2
+        if r is None:
+            r = evaluate_one(name, pool, args)
+            saved.write_text(json.dumps({"ident": want, "result": r}, indent=1))
+        rows.append(r)
         print(f"{name}: natural {100 * r['natural']:.1f}%  APGD {', '.join(f'{e}: {100 * v:.0f}%' for e, v in r['apgd'].items())}"
               f"  certified {', '.join(f'{k}: {100 * v:.1f}%' for k, v in r['certified'].items()) or '—'}"
               f"  ({r['seconds']} s)", flush=True)

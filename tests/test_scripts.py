@@ -136,6 +136,33 @@ def test_model_card_reuses_a_saved_result_only_for_the_same_weights(tmp_path):
     assert mod.result_ident(str(w), ident) != first
 
 
+def test_model_card_keeps_the_saved_row_of_a_weights_file_that_is_not_here(tmp_path, capsys):
+    """runs/ is not in git: a fresh clone rebuilds a card from the saved rows of absent files, but only when
+    every setting except the sha256 matches, and never for a present file whose weights changed."""
+    mod = _script("model_card_eval")
+    ident = {"n": 500, "seed": 0, "pool": "abc"}
+    row = {"metric": "v9", "natural": 0.9}
+    saved = {"ident": {**ident, "weights_sha256": "old"}, "result": row}
+    gone = str(tmp_path / "runs" / "v9" / "model.safetensors")
+    assert mod.saved_result(gone, saved, ident) == row
+    assert "not on this machine" in capsys.readouterr().err
+    assert mod.saved_result(gone, saved, {**ident, "seed": 1}) is None  # other settings: no row
+    assert mod.saved_result("pixel-l2", {"ident": {**ident, "weights_sha256": "old"}, "result": row}, ident) is None
+    here = tmp_path / "here.safetensors"
+    here.write_bytes(b"new weights")
+    assert mod.saved_result(str(here), saved, mod.result_ident(str(here), ident)) is None
+
+
+def test_model_card_refuses_an_absent_weights_file_without_a_saved_row_before_labelling(tmp_path, monkeypatch, capsys):
+    mod = _script("model_card_eval")
+    monkeypatch.setattr(mod, "evaluate_one", lambda *a: pytest.fail("nothing may be evaluated"))
+    monkeypatch.setattr(sys, "argv", ["model_card_eval.py", "--metrics", "runs/typo/model.safetensors",
+                                      "--out", str(tmp_path / "card")])
+    assert mod.main() == 2
+    assert "runs/typo/model.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "card").exists()  # refused before the held-out pool was labelled or a folder made
+
+
 def test_model_card_sampling_note_gives_the_largest_standard_error_of_each_column():
     """The card says how much a share moves with the draw alone: sqrt(p(1-p)/n) at p = 1/2, in points."""
     mod = _script("model_card_eval")
