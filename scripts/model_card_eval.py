@@ -13,7 +13,8 @@ with d(x, x) < d(x, y) prefers the far one; the share of attacked triplets with 
 ceiling (row "upper bound, any metric", dotted in the plot). Every metric sees the triplets at ``--size``
 (128: the issue's protocol; a 128-px metric's native size), so one ε is one threat for all of them.
 Each finished metric is saved in ``OUT/<metric>.json`` and reused while the settings (and a weights
-file's sha256) are unchanged, so an interrupted run resumes.
+file's sha256) are unchanged, so an interrupted run resumes; a weights file that is not on this machine
+keeps its saved row (settings must still match), so a card can be rebuilt on a fresh clone.
 Writes ``OUT/card.md`` (table) and ``OUT/card.png`` (certified share and attacked score vs ε, and natural
 agreement against the score at ε = 1).
 """
