@@ -57,6 +57,11 @@ def result_ident(name: str, ident: dict) -> dict:
     return {**ident, "weights_sha256": pinned} if pinned else ident
 
 
+def absent(name: str) -> bool:
+    """A weights file named but not on this machine (hub names are never absent)."""
+    return name.endswith(".safetensors") and not Path(name).is_file()
+
+
 def saved_result(name: str, saved: dict, want: dict) -> Optional[dict]:
     """The saved result to table for ``name``, or None when it must be (re)evaluated.
 
@@ -199,8 +204,7 @@ def main() -> int:
 
     out = Path(args.out)
     names = [m for m in args.metrics.split(",") if m]
-    lost = [m for m in names if m.endswith(".safetensors") and not Path(m).is_file()
-            and not (out / f"{display_name(m)}.json").is_file()]
+    lost = [m for m in names if absent(m) and not (out / f"{display_name(m)}.json").is_file()]
     if lost:  # before the pool is labelled: a typo should not cost minutes
         print(f"error: no such weights file and no saved result in {out}: {', '.join(lost)}", file=sys.stderr)
         return 2
@@ -212,7 +216,7 @@ def main() -> int:
     for name in names:
         saved = out / f"{display_name(name)}.json"
         got = json.loads(saved.read_text()) if saved.is_file() else {}
-        missing = name.endswith(".safetensors") and not Path(name).is_file()
+        missing = absent(name)
         want = ident if missing else result_ident(name, ident)
         r = saved_result(name, got, want)
         if r is None and missing:

@@ -146,23 +146,23 @@ class FinetuneRecipe(Recipe):
 
     def attack_reference(self, module: nn.Module, ref: torch.Tensor, e0: torch.Tensor, e1: torch.Tensor,
                          x1_near: torch.Tensor, K: float) -> torch.Tensor:
-        """ref + δ, ||δ|| <= adv_eps, in [0, 1]: l2 PGD (normalised steps of 2.5·adv_eps/adv_steps) lowering
-        each triplet's radius, with e0, e1 held fixed. Gradients reach δ only."""
+        """ref + δ, ||δ|| <= adv_eps, in [0, 1]: l2 PGD (normalised steps of 2.5·adv_eps/adv_steps, the attacks'
+        exact ball-and-box projection) lowering each triplet's radius, with e0, e1 held fixed. Gradients reach
+        δ only."""
+        from ..attacks.engine import ascent_direction, project
+
         lc = self.cfg.loss
         eps, step = float(lc.adv_eps), 2.5 * float(lc.adv_eps) / lc.adv_steps
-        delta = torch.zeros_like(ref)
+        center = ref.detach().unsqueeze(1)  # B×1×C×H×W: one perturbed image per reference
         e0, e1 = e0.detach(), e1.detach()
+        z = center
         for _ in range(lc.adv_steps):
-            delta.requires_grad_(True)
-            r = self._radius(module.raw_features_checked(ref + delta).float(), e0, e1, x1_near, K)
-            (grad,) = torch.autograd.grad(r.sum(), delta)
+            z = z.detach().requires_grad_(True)
+            r = self._radius(module.raw_features_checked(z[:, 0]).float(), e0, e1, x1_near, K)
+            (grad,) = torch.autograd.grad(r.sum(), z)
             with torch.no_grad():
-                gn = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                delta = delta - step * grad / gn
-                dn = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-                delta = delta * (eps / dn.clamp_min(eps))  # onto the ball
-                delta = (ref + delta).clamp(0, 1) - ref  # and into the image box
-        return (ref + delta).detach()
+                z = project(z - step * ascent_direction(grad, "l2"), center, eps, "l2")
+        return z[:, 0].detach()
 
     def loss(self, module: nn.Module, batch):
         ref, x0, x1, judge = batch
