@@ -162,6 +162,10 @@ class LossSection:
     adv_eps: float = 0.0
     adv_steps: int = 2
     adv_weight: float = 1.0
+    # the radius asked at the attacked reference, max(0, adv_demand - r(ref + δ)); None = cert_eps. Why: the
+    # 2AFC attack only has to keep the decision (radius > 0) at its budget, so a small demand at a budget
+    # the size of the attack's asks for that without asking cert_eps more on top of it
+    adv_demand: Optional[float] = None
 
 
 @dataclass

@@ -27,8 +27,8 @@ and no constant g minimises it (a collapsed g has radius 0). Dropping the margin
 instead (m = 0) does collapse: every hinge then vanishes as C -> 0.
 
 Adversarial radius hinge (``loss.adv_eps`` > 0, with the radius hinge): the same hinge again at a reference
-moved by ``adv_steps`` l2 PGD steps (budget adv_eps) that lower its radius, weighted by ``adv_weight``. Why:
-the certified radius assumes the network stretches a perturbation by its Lipschitz constant in every
+moved by ``adv_steps`` l2 PGD steps (budget adv_eps) that lower its radius, weighted by ``adv_weight``, asking
+for a radius of ``adv_demand`` there (default ε). Why: the certified radius assumes the network stretches a perturbation by its Lipschitz constant in every
 direction, so the radius hinge cannot see how much less an attacker actually gets; this term can, and it
 pays the network for contracting the directions attacks use. The attack's steps differentiate only
 through the perturbation (``torch.autograd.grad``), never into the parameters' gradients.
@@ -103,6 +103,8 @@ class FinetuneRecipe(Recipe):
         if lc.adv_eps < 0 or lc.adv_steps < 1 or lc.adv_weight < 0:
             raise InputError(f"loss.adv_eps and loss.adv_weight must be >= 0 and loss.adv_steps >= 1, got "
                              f"{lc.adv_eps}, {lc.adv_weight}, {lc.adv_steps}")
+        if lc.adv_demand is not None and lc.adv_demand < 0:
+            raise InputError(f"loss.adv_demand must be >= 0 (or null for cert_eps), got {lc.adv_demand}")
         if lc.adv_eps > 0 and not lc.radius_hinge:
             raise InputError("loss.adv_eps needs loss.radius_hinge: the attacked term is the radius hinge at the "
                              "attacked reference")
@@ -192,7 +194,8 @@ class FinetuneRecipe(Recipe):
             if self.cfg.loss.adv_eps > 0:
                 moved = self.attack_reference(module, ref, e0, e1, x1_near, K)
                 r_adv = self._radius(module.raw_features_checked(moved).float(), e0, e1, x1_near, K)
-                adv = torch.relu(cert_eps - r_adv)
+                demand = cert_eps if self.cfg.loss.adv_demand is None else float(self.cfg.loss.adv_demand)
+                adv = torch.relu(demand - r_adv)
                 hinge = hinge + self.cfg.loss.adv_weight * adv
         else:
             hinge = torch.relu(need - (d_far - d_near))
@@ -207,7 +210,7 @@ class FinetuneRecipe(Recipe):
             if cert_eps > 0:  # share of triplets whose certified radius already reaches cert_eps
                 logs["cert_acc"] = float((need - self.cfg.loss.margin <= d_far - d_near).float().mean())
                 logs["median_G"] = float(G.median())
-            if adv is not None:  # share of attacked references whose radius still reaches cert_eps
+            if adv is not None:  # share of attacked references whose radius still reaches the demand
                 logs["adv_acc"] = float((adv == 0).float().mean())
         return loss, logs
 
