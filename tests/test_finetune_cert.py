@@ -186,7 +186,8 @@ def _adv_recipe(tmp_path, eps: float, adv_eps: float, steps: int = 3, weight: fl
 @pytest.mark.parametrize("bad, match", [({"adv_eps": 0.5}, "needs loss.radius_hinge"),
                                          ({"radius_hinge": True, "adv_eps": -0.1}, "adv_eps"),
                                          ({"radius_hinge": True, "adv_eps": 0.5, "adv_steps": 0}, "adv_steps"),
-                                         ({"radius_hinge": True, "adv_eps": 0.5, "adv_demand": -0.1}, "adv_demand")])
+                                         ({"radius_hinge": True, "adv_eps": 0.5, "adv_demand": -0.1}, "adv_demand"),
+                                         ({"radius_hinge": True, "adv_eps": 0.5, "adv_target": "label"}, "adv_target")])
 def test_adversarial_radius_hinge_refuses_bad_settings(tmp_path, bad, match):
     recipe = _recipe(tmp_path, 0.0, 0.5)
     for k, v in bad.items():
@@ -250,25 +251,30 @@ def test_adversarial_radius_hinge_adds_the_hinge_at_the_attacked_reference_and_k
     assert logs["adv_acc"] == float((attacked >= eps).float().mean())
 
 
-def test_adversarial_radius_hinge_asks_adv_demand_at_the_attacked_reference(tmp_path):
-    """With loss.adv_demand = a: loss = mean(max(0, ε - r(ref)) + w·max(0, a - r(ref + δ))), and adv_acc counts
-    the attacked radii that reach a, not ε."""
+@pytest.mark.parametrize("target", ["judges", "own"])
+def test_adversarial_radius_hinge_asks_adv_demand_for_the_chosen_decision(tmp_path, target):
+    """With loss.adv_demand = a: loss = mean(max(0, ε - r(ref)) + w·max(0, a - r(ref + δ))), the attacked radius
+    signed by the judges' decision or, with adv_target "own", by the network's clean one; adv_acc counts the
+    attacked radii that reach a, not ε."""
     metric = _tiny_lipsim(10).train()
     ref, x0, x1 = _triplets(8, 10)
-    judge = torch.tensor([1.0, 0, 1, 0, 1, 1, 0, 0])
     eps, demand = 0.4, 0.05
-    recipe = _adv_recipe(tmp_path, eps, 0.2, steps=2, weight=0.7)
-    recipe.cfg.loss.adv_demand = demand
-    loss, logs = recipe.loss(metric, (ref, x0, x1, judge))
-    near = judge > 0.5
     with torch.no_grad():
         g = metric.raw_features(torch.cat([ref, x0, x1]))
-        e0, e1 = torch.nn.functional.normalize(g[8:], dim=1).chunk(2)
-    moved = recipe.attack_reference(metric, ref, e0, e1, near, 1.0)
+        er, e0, e1 = torch.nn.functional.normalize(g, dim=1).chunk(3)
+        own = (er - e1).pow(2).sum(1) < (er - e0).pow(2).sum(1)
+    judge = (~own).float()  # the judges disagree with the network on every triplet
+    recipe = _adv_recipe(tmp_path, eps, 0.2, steps=2, weight=0.7)
+    recipe.cfg.loss.adv_demand, recipe.cfg.loss.adv_target = demand, target
+    loss, logs = recipe.loss(metric, (ref, x0, x1, judge))
+    near = judge > 0.5
+    side = near if target == "judges" else own
+    moved = recipe.attack_reference(metric, ref, e0, e1, side, 1.0)
     with torch.no_grad():
         clean = recipe._radius(g[:8], e0, e1, near, 1.0)
-        attacked = recipe._radius(metric.raw_features(moved), e0, e1, near, 1.0)
+        attacked = recipe._radius(metric.raw_features(moved), e0, e1, side, 1.0)
     want = (torch.relu(eps - clean) + 0.7 * torch.relu(demand - attacked)).mean()
     assert float(loss.detach()) == pytest.approx(float(want), rel=1e-5)
     assert float(want) != pytest.approx(float((torch.relu(eps - clean) + 0.7 * torch.relu(eps - attacked)).mean()))
     assert logs["adv_acc"] == float((attacked >= demand).float().mean())
+    assert bool((clean < 0).all())  # the judges' side is the network's wrong one: the two targets differ everywhere

@@ -166,6 +166,9 @@ class LossSection:
     # 2AFC attack only has to keep the decision (radius > 0) at its budget, so a small demand at a budget
     # the size of the attack's asks for that without asking cert_eps more on top of it
     adv_demand: Optional[float] = None
+    # whose decision the attacked term keeps: "judges" (the label) or "own" (the network's clean decision, detached:
+    # the TRADES split, where the clean term teaches the ordering and the attacked one only stability)
+    adv_target: str = "judges"
 
 
 @dataclass

@@ -28,10 +28,14 @@ instead (m = 0) does collapse: every hinge then vanishes as C -> 0.
 
 Adversarial radius hinge (``loss.adv_eps`` > 0, with the radius hinge): the same hinge again at a reference
 moved by ``adv_steps`` l2 PGD steps (budget adv_eps) that lower its radius, weighted by ``adv_weight``, asking
-for a radius of ``adv_demand`` there (default ε). Why: the certified radius assumes the network stretches a perturbation by its Lipschitz constant in every
-direction, so the radius hinge cannot see how much less an attacker actually gets; this term can, and it
-pays the network for contracting the directions attacks use. The attack's steps differentiate only
-through the perturbation (``torch.autograd.grad``), never into the parameters' gradients.
+for a radius of ``adv_demand`` there (default ε). Why: the certified radius assumes the network stretches a
+perturbation by its Lipschitz constant in every direction, so the radius hinge cannot see how much less an
+attacker actually gets; this term can, and it pays the network for contracting the directions attacks use.
+With ``adv_target: own`` the attacked term keeps the network's own clean decision instead of the judges' (the
+TRADES idea, Zhang et al. 2019): the clean term alone then teaches the ordering, and the attacked one asks only
+for stability, so on a triplet the network misorders the two terms do not pull the same way twice. The
+attack's steps differentiate only through the perturbation (``torch.autograd.grad``), never into the parameters'
+gradients.
 
 The judgment j (fraction preferring x1) picks near = x1 when j > 0.5, else x0; with
 ``loss.agreement_weight`` each triplet's hinge is weighted by |2j - 1|, so triplets the judges split on
@@ -105,6 +109,8 @@ class FinetuneRecipe(Recipe):
                              f"{lc.adv_eps}, {lc.adv_weight}, {lc.adv_steps}")
         if lc.adv_demand is not None and lc.adv_demand < 0:
             raise InputError(f"loss.adv_demand must be >= 0 (or null for cert_eps), got {lc.adv_demand}")
+        if lc.adv_target not in ("judges", "own"):
+            raise InputError(f"loss.adv_target must be 'judges' or 'own', got {lc.adv_target!r}")
         if lc.adv_eps > 0 and not lc.radius_hinge:
             raise InputError("loss.adv_eps needs loss.radius_hinge: the attacked term is the radius hinge at the "
                              "attacked reference")
@@ -192,8 +198,9 @@ class FinetuneRecipe(Recipe):
         if self.cfg.loss.radius_hinge:
             hinge = torch.relu(cert_eps - self._radius(g[:n], e0, e1, x1_near, K))
             if self.cfg.loss.adv_eps > 0:
-                moved = self.attack_reference(module, ref, e0, e1, x1_near, K)
-                r_adv = self._radius(module.raw_features_checked(moved).float(), e0, e1, x1_near, K)
+                side = x1_near if self.cfg.loss.adv_target == "judges" else (d1 < d0).detach()
+                moved = self.attack_reference(module, ref, e0, e1, side, K)
+                r_adv = self._radius(module.raw_features_checked(moved).float(), e0, e1, side, K)
                 demand = cert_eps if self.cfg.loss.adv_demand is None else float(self.cfg.loss.adv_demand)
                 adv = torch.relu(demand - r_adv)
                 hinge = hinge + self.cfg.loss.adv_weight * adv
