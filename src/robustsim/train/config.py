@@ -162,9 +162,9 @@ class LossSection:
     adv_eps: float = 0.0
     adv_steps: int = 2
     adv_weight: float = 1.0
-    # the radius asked at the attacked reference, max(0, adv_demand - r(ref + δ)); None = cert_eps. Why: the
-    # 2AFC attack only has to keep the decision (radius > 0) at its budget, so a small demand at a budget
-    # the size of the attack's asks for that without asking cert_eps more on top of it
+    # the radius asked at the attacked reference, max(0, adv_demand - r(ref + δ)); None = cert_eps. Why: a 2AFC
+    # attack wins by flipping the decision, so keeping it (a radius just above 0) at a budget the size of the
+    # attack's asks for what the attack measures, without cert_eps more on top of it
     adv_demand: Optional[float] = None
     # whose decision the attacked term keeps: "judges" (the label) or "own" (the network's clean decision, detached:
     # the TRADES split, where the clean term teaches the ordering and the attacked one only stability)
