@@ -129,7 +129,7 @@ def test_cancelling_bias_network_breaks_the_legacy_allowance_not_the_proven_boun
     assert float(bf.err[0]) >= float((g32 - g64).norm())
 
 
-@pytest.mark.parametrize("family", ["cancel", "cancel_conv", "tiny_g", "resize", "blur"])
+@pytest.mark.parametrize("family", ["cancel", "cancel_conv", "tiny_g", "resize", "blur", "input_blur"])
 def test_every_certificate_kind_attacked_and_checked_in_float64(family):
     ref = photo("chelsea")
     size = 32
@@ -141,6 +141,8 @@ def test_every_certificate_kind_attacked_and_checked_in_float64(family):
         m = cancelling_net(ref, 3e-2, seed=2)
     elif family == "blur":  # a binomial blur before the pool (LipSimConfig.blur)
         m = _lipsim(4, blur=3)
+    elif family == "input_blur":  # a binomial blur on the input image too (LipSimConfig.input_blur)
+        m = _lipsim(5, blur=3, input_blur=5)
     else:  # images needing a resize (40 -> 32, bicubic), ordinary random network
         m = _lipsim(3)
         size = 40
@@ -223,11 +225,12 @@ def test_every_certificate_kind_attacked_and_checked_in_float64(family):
 # proven bound: hypothesis over random networks (including cancelling biases)
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), cancel=st.booleans(), wscale=st.sampled_from([0.3, 1.0, 3.0]),
-       blur=st.sampled_from([1, 3]))
-def test_proven_float32_bound_covers_the_float64_recomputation(seed, cancel, wscale, blur):
+       blur=st.sampled_from([1, 3]), input_blur=st.sampled_from([1, 3]))
+def test_proven_float32_bound_covers_the_float64_recomputation(seed, cancel, wscale, blur, input_blur):
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(3, 3, 32, 32, generator=gen)
-    m = cancelling_net(x[:1], 1e-3, conv_depth=1, seed=seed) if cancel else _lipsim(seed, blur=blur)
+    m = cancelling_net(x[:1], 1e-3, conv_depth=1, seed=seed) if cancel else _lipsim(seed, blur=blur,
+                                                                                     input_blur=input_blur)
     with torch.no_grad():
         for layer in m.encoder.convs:
             layer.kernel.mul_(wscale)

@@ -45,6 +45,8 @@ def test_cpu_default_is_small_and_fast_shaped():
     (dict(kernel_size=4), "odd"),
     (dict(blur=2), "blur must be an odd"),
     (dict(blur=3, pool=()), "no pool"),
+    (dict(input_blur=4), "input_blur must be an odd"),
+    (dict(input_blur=0), "input_blur must be an odd"),
 ])
 def test_bad_configs(bad, match):
     with pytest.raises(InputError, match=match):
@@ -104,11 +106,14 @@ def test_hub_loads_official_checkpoint_and_checks_architecture(shared_dir, monke
     seed=st.integers(0, 2**16),
     adversarial=st.booleans(),
     blur=st.sampled_from([1, 3]),
+    input_blur=st.sampled_from([1, 3, 5]),
 )
-def test_random_networks_are_1_lipschitz(stem, conv_depth, conv_inner, linear_depth, wscale, seed, adversarial, blur):
+def test_random_networks_are_1_lipschitz(stem, conv_depth, conv_inner, linear_depth, wscale, seed, adversarial, blur,
+                                         input_blur):
     torch.manual_seed(seed)
     cfg = LipSimConfig(input_size=16, stem=stem, channels=48, conv_depth=conv_depth, conv_inner=conv_inner,
-                       pool=(2,) if stem == "unshuffle4" else (2, 2), blur=blur, linear_depth=linear_depth,
+                       pool=(2,) if stem == "unshuffle4" else (2, 2), blur=blur, input_blur=input_blur,
+                       linear_depth=linear_depth,
                        linear_inner=12, embed_dim=30)
     net = lipsim_mod.LipSimNetwork(cfg).double().eval()
     with torch.no_grad():
@@ -148,3 +153,23 @@ def test_lipsim_effnet_is_the_previous_default_pinned_offline():
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     y = (x + 0.05).clamp(0, 1)
     assert not torch.allclose(effnet(x, y), default(x, y))
+
+
+def test_input_blur_filters_the_image_before_the_stem_and_removes_the_nyquist_pattern():
+    """``input_blur`` puts the binomial low-pass first (before space-to-depth), so a ±δ checkerboard, the
+    pattern at the Nyquist frequency, leaves the interior of the stem's output untouched (only the zero-padded
+    border sees it), while a smooth change of the same norm passes almost whole."""
+    cfg = dict(TINY, stem="unshuffle4", channels=48, pool=(2,), input_size=32)
+    net = LipSim(**cfg, input_blur=3).encoder.eval()
+    assert isinstance(net.stem[0], lipsim_mod.BinomialBlur2d) and net.stem[0].size == 3
+    assert isinstance(net.stem[1], lipsim_mod.InvertibleDownsample)
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64) * 0.5 + 0.25
+    i, j = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    checker = (((i + j) % 2) * 2 - 1).to(torch.float64).expand(1, 3, 32, 32) * 0.01
+    smooth = torch.ones_like(checker) * checker.norm() / torch.ones_like(checker).norm()
+    with torch.no_grad():
+        moved = (net.stem.double()(x + checker) - net.stem(x)).view(1, 3, 4, 4, 8, 8)
+        kept_smooth = (net.stem(x + smooth) - net.stem(x)).norm() / smooth.norm()
+    assert float(moved[..., 1:-1, 1:-1].abs().max()) < 1e-15  # interior 4×4 cells away from the border
+    assert float(moved.norm() / checker.norm()) < 0.3 and float(kept_smooth) > 0.85
+    assert LipSimConfig(**cfg).input_blur == 1  # files without the field load with no input blur

@@ -344,3 +344,29 @@ def test_transplant_weights_keeps_what_fits_and_builds_the_new_architecture(tmp_
         mod.main([str(path), "--out", str(out)])
     assert mod.main([str(path), "--set", "widht=3", "--out", str(out)]) == 2  # a misspelt key, one line
     assert "widht" in capsys.readouterr().err
+
+
+def test_probe_spectrum_bands_follow_parseval_and_place_known_patterns(tmp_path):
+    """The band shares of scripts/probe_spectrum.py sum to 1, a checkerboard lies in the top band and a
+    constant in the lowest, the 3×3 blur keeps the constant's interior and removes the checkerboard's, and
+    the table and plot are written."""
+    mod = _script("probe_spectrum")
+    i, j = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    checker = (((i + j) % 2) * 2 - 1).double().expand(1, 3, 32, 32)
+    const = torch.ones(1, 3, 32, 32, dtype=torch.float64)
+    noise = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shares = mod.band_shares(torch.cat([checker, const, noise]))
+    assert torch.allclose(shares.sum(1), torch.ones(6, dtype=torch.float64))
+    assert float(shares[0, -1]) == pytest.approx(1.0) and float(shares[1, 0]) == pytest.approx(1.0)
+    # white noise spreads by band area: the top band (|f| >= 1/4) is 3/4 of the plane
+    assert 0.6 < float(shares[2:, -1].mean()) < 0.85
+    kept = mod.blur_kept(torch.cat([checker, const]), 3)
+    assert float(kept[0]) < 0.2 and float(kept[1]) > 0.95
+    with pytest.raises(ValueError, match="square"):
+        mod.band_shares(torch.zeros(1, 3, 8, 16))
+    summary = {"natural": mod.summarise(torch.cat([const, torch.zeros_like(const)])), "attack": mod.summarise(checker)}
+    assert summary["natural"]["n"] == 1  # the identical pair is skipped
+    mod.write({"runs/m/model.safetensors": summary}, tmp_path, "python scripts/probe_spectrum.py --n 2", 1.0, 5)
+    md = (tmp_path / "probe.md").read_text()
+    assert "| runs/m/model.safetensors | attack | 1 | 0.0% | 0.0% | 0.0% | 100.0% |" in md
+    assert (tmp_path / "probe.png").stat().st_size > 1000

@@ -48,6 +48,11 @@ class LipSimConfig:
             by S: 3×H×W -> 3S²×H/S×W/S, then zero-pad to ``channels``).
         channels: C, the width of the convolutional part.
         conv_depth, conv_inner, kernel_size: number of SLL convolutions, their inner dimension and kernel.
+        input_blur: side of a fixed binomial low-pass applied to the input image, before the stem; 1 = none
+            (official, and every model before v8). Why: the directions an ℓ2 attacker finds in an SLL network
+            with a space-to-depth stem carry most of their energy near the Nyquist frequency, where natural
+            distortions carry almost none (docs/TRAINING.md, fourteenth round), and a low-pass keeps the one
+            and damps the other without costing any Lipschitz budget.
         pool: sum-pool factors applied in turn after the convolutions (official: 4, 4).
         blur: side of a fixed binomial low-pass (``BinomialBlur2d``) put before each pool for shift
             tolerance; 1 = none (official, and every model before v7).
@@ -61,6 +66,7 @@ class LipSimConfig:
     conv_depth: int = 20
     conv_inner: int = 5
     kernel_size: int = 3
+    input_blur: int = 1
     pool: Tuple[int, ...] = (4, 4)
     blur: int = 1
     linear_depth: int = 7
@@ -81,6 +87,8 @@ class LipSimConfig:
             raise InputError(f"LipSim kernel_size must be odd, got {self.kernel_size}")
         if int(self.blur) < 1 or int(self.blur) % 2 != 1:
             raise InputError(f"LipSim blur must be an odd size >= 1 (1 = no blur), got {self.blur}")
+        if int(self.input_blur) < 1 or int(self.input_blur) % 2 != 1:
+            raise InputError(f"LipSim input_blur must be an odd size >= 1 (1 = no blur), got {self.input_blur}")
         if self.blur > 1 and not self.pool:
             raise InputError(f"LipSim blur={self.blur} filters before each pool, but this network has no pool")
         s = self.stem_factor
@@ -146,7 +154,8 @@ class LipSimNetwork(nn.Module):
         super().__init__()
         self.config = config
         s = config.stem_factor
-        stem = [InvertibleDownsample(s)] if s > 1 else []
+        stem = [BinomialBlur2d(config.input_blur)] if config.input_blur > 1 else []
+        stem += [InvertibleDownsample(s)] if s > 1 else []
         stem.append(PadChannels(config.channels, 3 * s * s))
         self.stem = nn.Sequential(*stem)
         self.convs = nn.Sequential(
@@ -339,8 +348,8 @@ def build_official(spec: hub.ModelSpec, weights=None, trunk_weights=None, size: 
     path = hub.fetch(spec.weights["main"], weights)
     metric = _load_weights_file(path, embed_dim)
     want, got = OFFICIAL[size], metric.cfg
-    for name in ("input_size", "stem", "channels", "conv_depth", "conv_inner", "kernel_size", "pool", "blur",
-                 "linear_depth"):
+    for name in ("input_size", "stem", "channels", "conv_depth", "conv_inner", "kernel_size", "input_blur", "pool",
+                 "blur", "linear_depth"):
         if getattr(want, name) != getattr(got, name):
             raise WeightsError(
                 f"{path} is not a LipSim-{size} checkpoint: {name} is {getattr(got, name)}, "
