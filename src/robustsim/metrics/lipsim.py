@@ -49,10 +49,10 @@ class LipSimConfig:
         channels: C, the width of the convolutional part.
         conv_depth, conv_inner, kernel_size: number of SLL convolutions, their inner dimension and kernel.
         input_blur: side of a fixed binomial low-pass applied to the input image, before the stem; 1 = none
-            (official, and every model before v8). Why: the directions an ℓ2 attacker finds in an SLL network
-            with a space-to-depth stem carry most of their energy near the Nyquist frequency, where natural
-            distortions carry almost none (docs/TRAINING.md, fourteenth round), and a low-pass keeps the one
-            and damps the other without costing any Lipschitz budget.
+            (official, and every shipped model so far). Why: the perturbations an ℓ2 attacker finds on the shipped
+            model put over a third of their energy above 1/4 cycle per pixel, natural distortions 2%
+            (docs/TRAINING.md, fourteenth round); a low-pass damps the one more than the other and costs no
+            Lipschitz budget.
         pool: sum-pool factors applied in turn after the convolutions (official: 4, 4).
         blur: side of a fixed binomial low-pass (``BinomialBlur2d``) put before each pool for shift
             tolerance; 1 = none (official, and every model before v7).
