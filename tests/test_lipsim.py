@@ -170,6 +170,6 @@ def test_input_blur_filters_the_image_before_the_stem_and_removes_the_nyquist_pa
     with torch.no_grad():
         moved = (net.stem.double()(x + checker) - net.stem(x)).view(1, 3, 4, 4, 8, 8)
         kept_smooth = (net.stem(x + smooth) - net.stem(x)).norm() / smooth.norm()
-    assert float(moved[..., 1:-1, 1:-1].abs().max()) < 1e-15  # interior 4×4 cells away from the border
+    assert float(moved[..., 1:-1, 1:-1].abs().max()) < 1e-15  # the 6×6 inner cells (4×4-pixel blocks)
     assert float(moved.norm() / checker.norm()) < 0.3 and float(kept_smooth) > 0.85
     assert LipSimConfig(**cfg).input_blur == 1  # files without the field load with no input blur

@@ -1,10 +1,10 @@
 """LipSim (Ghazanfari et al., ICLR 2024): a 1-Lipschitz embedding compared with cosine distance.
 
 The network g is built only from 1-Lipschitz (l2) pieces (``robustsim.lipschitz``): a stem
-(zero channel padding, optionally after invertible downsampling), SLL convolutions, sum pooling
-(optionally after a binomial blur), flattening, SLL dense layers and truncation. The embedding is
-g(x)/||g(x)|| and d = 1 - cos; because ||g(x) - g(y)|| <= ||x - y||, distances and 2AFC decisions can be
-certified (``robustsim.certify``).
+(optionally a binomial low-pass of the image and invertible downsampling, then zero channel padding), SLL
+convolutions, sum pooling (optionally after a binomial blur), flattening, SLL dense layers and truncation.
+The embedding is g(x)/||g(x)|| and d = 1 - cos; because ||g(x) - g(y)|| <= ||x - y||, distances and 2AFC
+decisions can be certified (``robustsim.certify``).
 
 Two kinds of configuration (:class:`LipSimConfig`):
 
