@@ -166,11 +166,9 @@ def load_features(metric_name: str, n: int, seed: int, size: int, progress: bool
     loads ``other`` under the same checks and stores its features as the rest."""
     from robustsim import load
     from robustsim.data.judged import JudgedPool
-    from robustsim.evaluate.judged import Resized, native_size
+    from robustsim.evaluate.judged import judged_tensors, native_size
 
     pool = JudgedPool(size=64, split="heldout", seed=seed, per_window=2, progress=progress)
-    suite = pool.suite_for(metric_name, n)
-    ds = Resized(suite, size) if size != pool.size else suite
 
     def checked(name: str):
         m = load(name)
@@ -182,9 +180,8 @@ def load_features(metric_name: str, n: int, seed: int, size: int, progress: bool
         return m
 
     metric = checked(metric_name)
-    items = [ds[i] for i in range(len(ds))]
-    out = {n_: torch.stack([it[j] for it in items]) for j, n_ in enumerate(("ref", "x0", "x1"))}
-    out["judge"] = torch.tensor([it[4] for it in items], dtype=torch.float64)
+    out = judged_tensors(pool, metric_name, n, size)
+    count = out["ref"].shape[0]
     nets = {"g": metric}
     if branch == "rest":
         from robustsim.train.finetune import with_config
@@ -202,7 +199,7 @@ def load_features(metric_name: str, n: int, seed: int, size: int, progress: bool
     with torch.no_grad():
         for prefix, net in nets.items():
             for name, key in (("ref", "_ref"), ("x0", "0"), ("x1", "1")):
-                f = torch.cat([net.raw_features(out[name][i:i + 50]) for i in range(0, len(items), 50)]).double()
+                f = torch.cat([net.raw_features(out[name][i:i + 50]) for i in range(0, count, 50)]).double()
                 if prefix == "g":
                     out["g" + key] = f
                 elif prefix == "other":

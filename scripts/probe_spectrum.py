@@ -67,17 +67,15 @@ def probe(metric_name: str, n: int, eps: float, steps: int, seed: int, size: int
     from robustsim import load
     from robustsim.attacks.twoafc import run_2afc
     from robustsim.data.judged import JudgedPool
-    from robustsim.evaluate.judged import Resized, native_size
+    from robustsim.evaluate.judged import judged_tensors, native_size
 
     metric = load(metric_name).eval()
     if native_size(metric, size) != size:
         raise SystemExit(f"probe_spectrum: {metric_name} takes {native_size(metric, size)} px, not --size {size}")
     pool = JudgedPool(size=64, split="heldout", seed=seed, per_window=2, progress=progress)
-    suite = Resized(pool.suite_for(metric_name, n), size)
-    items = [suite[i] for i in range(len(suite))]
-    ref, x0, x1 = (torch.stack([it[j] for it in items]) for j in range(3))
-    label = torch.stack([torch.as_tensor(it[3]) for it in items]).long()  # 1 when the judges find x1 the closer
-    res = run_2afc(metric, ref, x0, x1, label, eps=eps, steps=steps, target="ref", early_stop=False,
+    t = judged_tensors(pool, metric_name, n, size)
+    ref, x0, x1 = t["ref"], t["x0"], t["x1"]
+    res = run_2afc(metric, ref, x0, x1, t["label"], eps=eps, steps=steps, target="ref", early_stop=False,
                    seed=seed, progress=progress)
     return {"natural": summarise(torch.cat([ref - x0, ref - x1])), "attack": summarise(res.ref - ref)}
 

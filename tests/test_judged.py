@@ -147,6 +147,25 @@ def test_consensus_labels_drop_counts_and_leave_one_out(tmp_path):
     assert sum(s.pair_counts().values()) == 40
 
 
+def test_judged_tensors_stack_the_leave_one_out_suite_at_the_asked_size(tmp_path):
+    """``judged_tensors`` returns exactly the suite's triplets (leave-one-out for a judge), shown at the asked
+    size, with the hard label and the judges' fraction beside them."""
+    from robustsim.evaluate.judged import Resized, judged_tensors
+
+    p = _pool(tmp_path)
+    t = judged_tensors(p, "j-pix", 6, 48)
+    suite = p.suite_for("j-pix", 6)
+    assert suite.leave_out == ["j-pix"] and t["ref"].shape == (len(suite), 3, 48, 48)
+    big = Resized(suite, 48)
+    for i in range(len(suite)):
+        ref, x0, x1, lab, j = big[i]
+        assert torch.equal(t["ref"][i], ref) and torch.equal(t["x0"][i], x0) and torch.equal(t["x1"][i], x1)
+        assert int(t["label"][i]) == int(lab) and float(t["judge"][i]) == float(j)
+    assert t["label"].dtype == torch.long and t["judge"].dtype == torch.float64
+    same = judged_tensors(p, "pixel-l2", 6, 32)  # the pool's own size: no resize, no one left out
+    assert torch.equal(same["ref"][0], p.suite_for("pixel-l2", 6)[0][0])
+
+
 def test_training_triplets_soft_and_hard_labels(tmp_path):
     ds = J.judged_triplets(30, split="train", size=32, judges=_judges(), consensus_only=False, cache_dir=tmp_path,
                            progress=False)

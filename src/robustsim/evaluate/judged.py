@@ -94,6 +94,19 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def judged_tensors(pool, name: str, n: int, size: int) -> Dict[str, torch.Tensor]:
+    """The first ``n`` triplets of ``pool``'s suite for the metric ``name`` (leave-one-out labels when it is a
+    judge) shown at ``size`` px, stacked for scripts that work on whole tensors: ``ref``, ``x0``, ``x1``
+    (N×3×size×size), ``label`` (long, 1 when the judges find x1 the closer) and ``judge`` (float64 fraction)."""
+    suite = pool.suite_for(name, n)
+    ds = Resized(suite, size) if size != pool.size else suite
+    items = [ds[i] for i in range(len(ds))]
+    out = {key: torch.stack([it[j] for it in items]) for j, key in enumerate(("ref", "x0", "x1"))}
+    out["label"] = torch.stack([torch.as_tensor(it[3]) for it in items]).long()
+    out["judge"] = torch.tensor([float(it[4]) for it in items], dtype=torch.float64)
+    return out
+
+
 def evaluate_judged(metric, pool, n: int, name: Optional[str] = None, attacks: Sequence[AttackSpec] = (),
                     n_attack: Optional[int] = None, certified: Optional[bool] = None,
                     cert_eps: Sequence[float] = PAPER_CERT_EPS, batch_size: int = 32, device=None, run_dir=None,
