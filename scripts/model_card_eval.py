@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 os.environ.setdefault("ROBUSTSIM_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,9 +139,38 @@ def table(rows, eps, cert_keys) -> str:
     return "\n".join(lines)
 
 
-def plot(rows, path: Path, trade_eps: float = 1.0) -> None:
-    """Left: certified share and attacked score vs ε per metric. Right: the trade-off, natural agreement
-    against the score under APGD at ``trade_eps`` (up and to the right is better)."""
+def curve_names(names: List[str], curves: Optional[str]) -> List[str]:
+    """Which metrics the left panel draws: ``curves`` (comma-separated, as in --metrics) when given, else all
+    when there are at most 6, else the first 3 and every metric without a certificate (the baselines) — two
+    curves per metric, so a card of 17 metrics would bury the ones it is about."""
+    if curves:
+        chosen = [c for c in curves.split(",") if c]
+        unknown = [c for c in chosen if c not in names]
+        if unknown:
+            raise ValueError(f"--curves names metrics not in --metrics: {', '.join(unknown)}")
+        return [display_name(c) for c in chosen]
+    if len(names) <= 6:
+        return [display_name(n) for n in names]
+    return [display_name(n) for n in names[:3]] + [display_name(n) for n in names[3:] if not is_certified(n)]
+
+
+def is_certified(name: str) -> bool:
+    """A LipSim weights file or a certified hub model (its curves include the certified share)."""
+    if name.endswith(".safetensors"):
+        return True
+    from robustsim import hub
+    from robustsim.errors import InputError
+
+    try:
+        return bool(hub.model_spec(name).certified)
+    except InputError:  # not a hub name (pixel-l2): a baseline; a typo fails later with the evaluation's error
+        return False
+
+
+def plot(rows, path: Path, trade_eps: float = 1.0, curves: Optional[List[str]] = None) -> List[str]:
+    """Left: certified share and attacked score vs ε for the metrics in ``curves`` (default: all). Right: the
+    trade-off for every metric, natural agreement against the score under APGD at ``trade_eps`` (up and to the
+    right is better). Returns the left panel's legend labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,10 +184,12 @@ def plot(rows, path: Path, trade_eps: float = 1.0) -> None:
             ax.plot([float(e) for e in r["apgd"]], [100 * v for v in r["apgd"].values()], ":", color="black",
                     label="upper bound under the attack, any metric")
             continue
+        drawn = curves is None or r["metric"] in curves
         xs = [0.0] + [float(e) for e in r["apgd"]]
         ys = [100 * r["natural_on_subset"]] + [100 * v for v in r["apgd"].values()]
-        ax.plot(xs, ys, "o--", color=colour, ms=4, label=f"{r['metric']}: APGD-CE")
-        if r["certified"]:
+        if drawn:
+            ax.plot(xs, ys, "o--", color=colour, ms=4, label=f"{r['metric']}: APGD-CE")
+        if r["certified"] and drawn:
             ce = sorted((budget_value(k), v) for k, v in r["certified"].items())
             ax.plot([0.0] + [e for e, _ in ce], [100 * r["natural"]] + [100 * v for _, v in ce], "-", color=colour,
                     lw=2, label=f"{r['metric']}: certified")
@@ -170,7 +201,7 @@ def plot(rows, path: Path, trade_eps: float = 1.0) -> None:
     ax.set_ylabel("2AFC agreement with the judges (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     for r in rows:
         if r.get("bound") and key in r["apgd"]:
             tr.axhline(100 * r["apgd"][key], ls=":", color="black", lw=1)
@@ -181,7 +212,10 @@ def plot(rows, path: Path, trade_eps: float = 1.0) -> None:
     tr.set_ylim(0, 100)
     tr.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    labels = ax.get_legend_handles_labels()[1]
+    plt.close(fig)
+    return labels
 
 
 def main() -> int:
@@ -194,6 +228,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=128, help="side every metric sees (attack budgets are at this size)")
     ap.add_argument("--out", default="docs/model_card_eval")
+    ap.add_argument("--curves", help="comma-separated metrics (as in --metrics) whose curves vs ε the plot draws "
+                    "(default: all up to 6, else the first 3 and the uncertified baselines)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     args.eps = [float(e) for e in args.eps.split(",")]
@@ -204,6 +240,11 @@ def main() -> int:
 
     out = Path(args.out)
     names = [m for m in args.metrics.split(",") if m]
+    try:
+        curves = curve_names(names, args.curves)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     lost = [m for m in names if absent(m) and not (out / f"{display_name(m)}.json").is_file()]
     if lost:  # before the pool is labelled: a typo should not cost minutes
         print(f"error: no such weights file and no saved result in {out}: {', '.join(lost)}", file=sys.stderr)
@@ -238,7 +279,7 @@ def main() -> int:
           f"every metric at {args.size}×{args.size}. {sampling_note(args.n, k_attack)}\n\n"
           + table(rows, args.eps, cert_keys) + "\n\n`python scripts/model_card_eval.py " + " ".join(sys.argv[1:]) + "`\n")
     (out / "card.md").write_text(md)
-    plot(rows, out / "card.png")
+    plot(rows, out / "card.png", curves=curves)
     print(f"wrote {out / 'card.md'} and {out / 'card.png'}")
     return 0
 

@@ -118,6 +118,24 @@ def test_model_card_plot_draws_both_panels(tmp_path):
         assert im.size[0] > 2.2 * im.size[1]  # curves vs ε and the natural/attacked trade-off side by side
 
 
+def test_model_card_curves_pick_the_metrics_the_card_is_about(tmp_path):
+    """A card of many metrics draws curves only for those chosen (or the first 3 and the baselines); the
+    trade-off panel keeps every metric."""
+    mod = _script("model_card_eval")
+    names = ["lipsim-default"] + [f"runs/v{i}/model.safetensors" for i in range(5)] + ["lpips-alex", "pixel-l2"]
+    assert mod.curve_names(names, None) == ["lipsim-default", "v0", "v1", "lpips-alex", "pixel-l2"]
+    assert mod.curve_names(names[:4], None) == ["lipsim-default", "v0", "v1", "v2"]
+    assert mod.curve_names(names, "lipsim-default,runs/v3/model.safetensors") == ["lipsim-default", "v3"]
+    with pytest.raises(ValueError, match="runs/typo/model.safetensors"):
+        mod.curve_names(names, "lipsim-default,runs/typo/model.safetensors")
+    row = lambda name, cert: {"metric": name, "natural": 0.9, "natural_on_subset": 0.9,  # noqa: E731
+                              "apgd": {"0.5": 0.6, "1.0": 0.4}, "certified": cert}
+    rows = [row("lipsim-x", {"36/255": 0.7}), row("v3", {"36/255": 0.6}), row("lpips-alex", {})]
+    labels = mod.plot(rows, tmp_path / "card.png", curves=["lipsim-x", "lpips-alex"])
+    assert labels == ["lipsim-x: APGD-CE", "lipsim-x: certified", "lpips-alex: APGD-CE"]
+    assert len(mod.plot(rows, tmp_path / "all.png")) == 5
+
+
 def test_model_card_reuses_a_saved_result_only_for_the_same_weights(tmp_path):
     """A retrained run keeps its path; its saved card numbers must not be served for the new weights."""
     mod = _script("model_card_eval")
