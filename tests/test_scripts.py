@@ -119,8 +119,8 @@ def test_model_card_plot_draws_both_panels(tmp_path):
 
 
 def test_model_card_curves_pick_the_metrics_the_card_is_about(tmp_path):
-    """A card of many metrics draws curves only for those chosen (or the first 3 and the baselines); the
-    trade-off panel keeps every metric."""
+    """A card of many metrics draws curves vs ε only for those chosen (by default the first 3 and the
+    uncertified baselines), and a name that is not among the card's metrics is refused."""
     mod = _script("model_card_eval")
     names = ["lipsim-default"] + [f"runs/v{i}/model.safetensors" for i in range(5)] + ["lpips-alex", "pixel-l2"]
     assert mod.curve_names(names, None) == ["lipsim-default", "v0", "v1", "lpips-alex", "pixel-l2"]
