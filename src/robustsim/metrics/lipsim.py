@@ -50,8 +50,8 @@ class LipSimConfig:
         channels: C, the width of the convolutional part.
         conv_depth, conv_inner, kernel_size: number of SLL convolutions, their inner dimension and kernel.
         input_blur: side of a fixed binomial low-pass applied to the input image, before the stem; 1 = none
-            (official, and every shipped model so far). Why: the perturbations an ℓ2 attacker finds on the shipped
-            model put over a third of their energy above 1/4 cycle per pixel, natural distortions 2%
+            (official, and every shipped model before v8). Why: the perturbations an ℓ2 attacker finds on v7
+            put over a third of their energy above 1/4 cycle per pixel, natural distortions 2%
             (docs/TRAINING.md, fourteenth round); a low-pass damps the one more than the other and costs no
             Lipschitz budget.
         pool: sum-pool factors applied in turn after the convolutions (official: 4, 4).
@@ -86,10 +86,10 @@ class LipSimConfig:
             raise InputError("LipSim conv_depth and linear_depth must be >= 0")
         if self.kernel_size % 2 != 1:
             raise InputError(f"LipSim kernel_size must be odd, got {self.kernel_size}")
-        if int(self.blur) < 1 or int(self.blur) % 2 != 1:
-            raise InputError(f"LipSim blur must be an odd size >= 1 (1 = no blur), got {self.blur}")
-        if int(self.input_blur) < 1 or int(self.input_blur) % 2 != 1:
-            raise InputError(f"LipSim input_blur must be an odd size >= 1 (1 = no blur), got {self.input_blur}")
+        for field in ("blur", "input_blur"):
+            side = getattr(self, field)
+            if int(side) < 1 or int(side) % 2 != 1:
+                raise InputError(f"LipSim {field} must be an odd size >= 1 (1 = no blur), got {side}")
         if self.blur > 1 and not self.pool:
             raise InputError(f"LipSim blur={self.blur} filters before each pool, but this network has no pool")
         s = self.stem_factor
