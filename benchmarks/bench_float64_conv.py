@@ -2,7 +2,9 @@
 
 The proven certificate recomputes the embeddings in float64. Its cost floor is the speed of a float64
 3x3 convolution relative to the float32 one torch uses for the natural evaluation (oneDNN, channels-last).
-This times, on the shapes of the shipped SLL stack's convolutions, batch 3 (one 2AFC triplet):
+This times, on the shapes of a LipSim model's SLL convolutions (``--metric``, default the shipped
+``lipsim-default``: each layer's convolution channels -> inner and its adjoint inner -> channels, at the size
+the layer sees), batch 3 (one 2AFC triplet):
 
 - torch float32 conv2d (channels-last: what the natural evaluation runs),
 - torch float64 conv2d (no oneDNN kernel: im2col + dgemm),
@@ -11,11 +13,12 @@ This times, on the shapes of the shipped SLL stack's convolutions, batch 3 (one 
 - the raw GEMM rate in float32 and float64 (the hardware ceiling: a float64 FMA does half the work).
 
     python benchmarks/bench_float64_conv.py            # prints ms and the ratio to float32 per shape
+    python benchmarks/bench_float64_conv.py --metric lipsim-effnet
 """
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,16 +57,38 @@ def gemm_gflops(dtype: torch.dtype, repeats: int) -> float:
     return 2 * 576 * 576 * 3072 / timed(lambda: a @ b, repeats) / 1e6
 
 
-def run(shapes: Sequence[Tuple[int, int]], repeats: int) -> None:
+def conv_shapes(metric_name: str) -> List[Tuple[int, int, int]]:
+    """(in channels, out channels, side) of every distinct 3x3 SLL convolution (and its adjoint) of a LipSim
+    model, in the order the network runs them, from one traced forward pass at its input size."""
+    import robustsim
+    from robustsim.lipschitz.sll import SLLConv2d
+
+    net = robustsim.load(metric_name).encoder
+    size = net.config.input_size
+    with torch.no_grad():
+        _, trace = net.traced_forward(torch.zeros(1, 3, size, size))
+    shapes: List[Tuple[int, int, int]] = []
+    for m, _, shape in trace:
+        if isinstance(m, SLLConv2d):
+            for s in ((m.channels, m.inner, shape[-1]), (m.inner, m.channels, shape[-1])):
+                if s not in shapes:
+                    shapes.append(s)
+    if not shapes:
+        raise SystemExit(f"{metric_name} has no SLL convolutions")
+    return shapes
+
+
+def run(shapes: Sequence[Tuple[int, int, int]], repeats: int) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per call, ratio to float32")
     print(f"GEMM 576x576x3072: float32 {gemm_gflops(torch.float32, repeats):.0f} GFLOP/s, "
           f"float64 {gemm_gflops(torch.float64, repeats):.0f} GFLOP/s")
-    print("| channels × size | float32 (oneDNN, NHWC) | float64 conv2d | float64 im2col GEMM | float64 9 shifted GEMMs |")
+    print("| channels in → out × size | float32 (oneDNN, NHWC) | float64 conv2d | float64 im2col GEMM | float64 9 shifted GEMMs |")
     print("|---|---:|---:|---:|---:|")
-    for c, s in shapes:
+    total32 = total64 = 0.0
+    for c, co, s in shapes:
         torch.manual_seed(0)
         x = torch.randn(3, c, s, s)
-        w = torch.randn(c, c, 3, 3) * 0.05
+        w = torch.randn(co, c, 3, 3) * 0.05
         x64, w64 = x.double(), w.double()
         nhwc64 = x64.permute(0, 2, 3, 1).contiguous()
         want = F.conv2d(x64, w64, padding=1)
@@ -74,17 +99,20 @@ def run(shapes: Sequence[Tuple[int, int]], repeats: int) -> None:
         cells = [timed(lambda: F.conv2d(x64, w64, padding=1), repeats),
                  timed(lambda: conv_im2col_nhwc(nhwc64, w64), repeats),
                  timed(lambda: conv_shifted_gemms(nhwc64, w64), repeats)]
-        print(f"| {c} × {s}² | {t32:.2f} | " + " | ".join(f"{t:.2f} ({t / t32:.1f}×)" for t in cells) + " |")
+        total32, total64 = total32 + t32, total64 + min(cells)
+        print(f"| {c} → {co} × {s}² | {t32:.2f} | " + " | ".join(f"{t:.2f} ({t / t32:.1f}×)" for t in cells) + " |")
+    print(f"fastest float64 formulation of each shape, all shapes together: {total64 / total32:.1f}× float32")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--metric", default="lipsim-default", help="LipSim model whose convolution shapes to time")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    run([(64, 64), (128, 32), (256, 16)], args.repeats)
+    run(conv_shapes(args.metric), args.repeats)
 
 
 if __name__ == "__main__":

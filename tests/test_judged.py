@@ -299,6 +299,10 @@ def test_judged_evaluation_and_results_report_tiny(tmp_path):
                               progress=False, judges=judges2, cache_dir=tmp_path / "cache", loader=loader)
     assert all(j.calls == 0 for j in judges2)
     assert out2["results"][0]["natural"] == r["pixel-l2"]["natural"]
+    # the report's run time says it was a cached rerun, not how long the evaluation takes
+    assert out["meta"]["reused"] == 0 and "reused" not in md.splitlines()[2]
+    assert out2["meta"]["reused"] == 2
+    assert "(2 of 2 metrics' results reused from its cache" in Path(out2["paths"]["md"]).read_text()
 
 
 def test_cli_judged_errors(capsys):

@@ -388,3 +388,34 @@ def test_probe_spectrum_bands_follow_parseval_and_place_known_patterns(tmp_path)
     md = (tmp_path / "probe.md").read_text()
     assert "| runs/m/model.safetensors | attack | 1 | 0.0% | 0.0% | 0.0% | 100.0% |" in md
     assert (tmp_path / "probe.png").stat().st_size > 1000
+
+
+def test_proof_precision_certifies_less_as_the_allowance_grows():
+    """scripts/proof_precision.py: its first row is the default certificate, and every coarser bound (the
+    proven float32 one, the default plus a growing declared error) certifies no more at any ε."""
+    from robustsim import certify
+    from robustsim.metrics.lipsim import LipSim
+
+    mod = _script("proof_precision")
+    torch.manual_seed(0)
+    m = LipSim(input_size=32, stem="unshuffle4", channels=48, conv_depth=2, conv_inner=16, pool=(2,),
+               linear_depth=2, linear_inner=64, embed_dim=128).eval()
+    ref = torch.rand(24, 3, 32, 32)
+    x0 = (ref + 0.05 * torch.randn_like(ref)).clamp(0, 1)
+    x1 = (ref + 0.3 * torch.randn_like(ref)).clamp(0, 1)
+    label = torch.rand(24) < 0.2  # mostly x0 (the small perturbation) preferred, a few wrong labels
+    eps = (0.02, 0.1, 0.3)
+    rows = mod.certified_rows(m, ref, x0, x1, label, allowances=(1e-4, 1e-3, 1e-2), eps=eps)
+    assert [r["mode"] for r in rows][:2] == ["proven float64 (default)", "proven float32"]
+    base = certify.two_afc(m, ref, x0, x1)
+    correct = base.closer.bool() == label
+    assert rows[0]["certified"] == [float((correct & base.certified(e)).double().mean()) for e in eps]
+    assert rows[0]["certified"][0] > 0  # something to lose
+    for r in rows[1:]:
+        assert all(c <= c0 for c, c0 in zip(r["certified"], rows[0]["certified"])), r
+        assert r["rel_err"] > rows[0]["rel_err"]
+    declared = [r["certified"] for r in rows[2:]]
+    assert all(all(b <= a for a, b in zip(p, q)) for p, q in zip(declared, declared[1:]))
+    assert declared[-1][0] < rows[0]["certified"][0]  # a 1% error allowance does cost certificates
+    assert "| proven float32 |" in mod.table(rows, eps)
+    assert mod.eps_label(36 / 255) == "36/255" and mod.eps_label(1.0) == "1" and mod.eps_label(0.3) == "0.3"

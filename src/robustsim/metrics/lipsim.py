@@ -15,7 +15,7 @@ Two kinds of configuration (:class:`LipSimConfig`):
 * **CPU-friendly** ones, e.g. :data:`CPU_DEFAULT`: a PixelUnshuffle stem (``stem="unshuffle4"``:
   3×128×128 -> 48×32×32, an isometry), a few SLL convolutions at that reduced resolution, one sum
   pool to a small grid, and a few dense layers (about 3.7 M parameters, 15 MB in float32). The shipped
-  ``lipsim-default`` (v8) is this with a 3×3 binomial blur on the input and another before a 2×2 pool, two
+  ``lipsim-default`` (v9) is this with a 3×3 binomial blur on the input and another before a 2×2 pool, two
   dense layers of inner width 128 and no truncation (3.26 M parameters, 12 288 output coordinates); its file
   carries its configuration.
 """
@@ -280,17 +280,18 @@ def _spec(size: str) -> hub.ModelSpec:
     )
 
 
-#: The shipped default (docs/MODELS.md, "lipsim-default v8"): the effnet-distilled model below fine-tuned
+#: The shipped default (docs/MODELS.md, "lipsim-default v9"): the effnet-distilled model below fine-tuned
 #: with the radius hinge on judge-labelled training triplets (v5: configs/shipped_v7_radius050_12k.yaml to
 #: shipped_v12_radius075_36k.yaml, the last two averaged), then its stem and convolutions moved into a network
 #: that pools 2×2 (scripts/transplant_weights.py) and trained on at radius 0.75 and 0.5
 #: (configs/shipped_v15_pool2.yaml, shipped_v16_pool2_radius050.yaml), then given a 3×3 binomial blur before the
 #: pool and trained on at radius 0.5 (configs/shipped_v23_blur3_radius050.yaml: v7), then given a 3×3 binomial
 #: blur on the input and trained on with the hinge at clean and attacked references, then at radius 0.25
-#: (configs/shipped_v37_inblur3_adv050.yaml, shipped_v38_inblur3_adv050_r025.yaml); inside the package so it
-#: works offline. Its sha256 is pinned; retraining changes it (update both).
+#: (configs/shipped_v37_inblur3_adv050.yaml, shipped_v38_inblur3_adv050_r025.yaml: v8), then on twice the labelled
+#: triplets with both (shipped_v41_inblur3_adv050_r025_24k.yaml: v9); inside the package so it works offline.
+#: Its sha256 is pinned; retraining changes it (update both).
 DEFAULT_ASSET = "lipsim_default.safetensors"
-DEFAULT_SHA256 = "a935cba4f0c2524d32f424fa221f606edd65b2810b43dc39ed6902ab5871d005"
+DEFAULT_SHA256 = "f5485934a130685cc70970d3e0ff5249daa72024de0a0b34d4f04b7ad20f9775"
 #: The default until v2: a CPU LipSim distilled from EfficientNet-Lite0 (docs/MODELS.md, second card).
 EFFNET_ASSET = "lipsim_effnet.safetensors"
 EFFNET_SHA256 = "3dcf7222e911a2995a63ee328226c8be44932a5fef330b2d1679fe5ab942a1c9"
