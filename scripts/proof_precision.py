@@ -35,11 +35,11 @@ def certified_rows(metric, ref, x0, x1, prefers_x1, allowances: Sequence[float] 
     from robustsim import certify
 
     modes: List = ["float64"] + (["float32"] if float32 else []) + [float(r) for r in allowances]
+    with torch.no_grad():
+        g = metric.raw_features(ref).flatten(1).double().norm(dim=1)
     rows = []
     for mode in modes:
         cert = certify.two_afc(metric, ref, x0, x1, float_error=mode)
-        with torch.no_grad():
-            g = metric.raw_features(ref).flatten(1).double().norm(dim=1)
         correct = cert.closer.bool() == prefers_x1.bool()
         rel = float((cert.float_error.double() / g.clamp_min(1e-300)).median())
         rows.append({"mode": "proven float64 (default)" if mode == "float64" else
@@ -73,22 +73,14 @@ def main() -> int:
     if args.n <= 0 or args.size <= 0:
         print("error: --n and --size must be positive", file=sys.stderr)
         return 2
-    import torch
-
     import robustsim
     from robustsim.data.judged import JudgedPool
-    from robustsim.evaluate.judged import _resize
+    from robustsim.evaluate.judged import Resized
 
     metric = robustsim.load(args.metric).eval()
     suite = JudgedPool(size=64, split="heldout", seed=args.seed, per_window=2, progress=False).suite(args.n)
-    parts = [[], [], [], []]
-    for i in range(len(suite)):
-        ref, x0, x1, label, _ = suite[i]
-        for p, t in zip(parts, (ref, x0, x1)):
-            p.append(_resize(t, args.size).reshape(3, args.size, args.size))
-        parts[3].append(float(label) > 0.5)
-    ref, x0, x1 = (torch.stack(p) for p in parts[:3])
-    rows = certified_rows(metric, ref, x0, x1, torch.tensor(parts[3]))
+    ref, x0, x1, label, _ = Resized(suite, args.size).tensors()
+    rows = certified_rows(metric, ref, x0, x1, label == 1)
     print(f"{args.metric}, {len(suite)} held-out judged triplets (judge-consensus labels), {args.size} px; "
           f"natural {100 * rows[0]['natural']:.1f}%")
     print(table(rows))
